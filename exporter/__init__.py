@@ -1,0 +1,8 @@
+"""Prometheus exporter for the Apple credentials (ADE tokens, VPP tokens, APNs certificate) of Intune."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("intune-apple-token-exporter")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"

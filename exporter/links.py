@@ -1,0 +1,21 @@
+"""Microsoft's renewal and troubleshooting pages, kept in one place.
+
+The status page and the runbook use these; `tests/test_links.py` checks that the alert rules,
+dashboards and runbook only link pages listed here, so a moved page is found in one edit.
+"""
+
+from typing import Final
+
+ADE_RENEW: Final = "https://learn.microsoft.com/intune/device-enrollment/apple/setup-apple-token"
+ADE_RENEW_SEED: Final = (
+    "https://learn.microsoft.com/mem/intune/enrollment/device-enrollment-program-enroll-ios"
+    "#renew-an-automated-device-enrollment-token"
+)
+ADE_SYNC_TROUBLESHOOTING: Final = (
+    "https://learn.microsoft.com/troubleshoot/mem/intune/device-enrollment/"
+    "troubleshoot-ios-enrollment-errors#sync-token-errors-between-intune-and-ade"
+)
+VPP_RENEW: Final = "https://learn.microsoft.com/mem/intune/apps/vpp-apps-ios"
+APNS_RENEW: Final = "https://learn.microsoft.com/mem/intune/enrollment/apple-mdm-push-certificate-get"
+
+ALL: Final = (ADE_RENEW, ADE_RENEW_SEED, ADE_SYNC_TROUBLESHOOTING, VPP_RENEW, APNS_RENEW)
