@@ -1,0 +1,214 @@
+"""Access tokens for Graph: one MSAL confidential client per tenant, client-credentials flow.
+
+MSAL is blocking and its constructor already does network I/O (OIDC discovery), so the client is
+built lazily and every MSAL call runs in a worker thread. MSAL's own cache answers repeated
+requests (since 1.23 `acquire_token_for_client` looks there first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable
+from typing import Any, Final, Protocol
+
+import msal
+import requests
+from msal.authority import WELL_KNOWN_AUTHORITY_HOSTS
+
+from .config import TenantConfig
+from .credentials import CredentialFileError, load_certificate, read_text_file
+from .errors import AuthError, PollError
+from .tls import requests_session
+
+log = logging.getLogger(__name__)
+
+# What the AADSTS codes an operator is likely to meet mean, for log lines and the status page.
+AADSTS_HINTS: Final[dict[int, str]] = {
+    7000215: "invalid client secret",
+    7000222: "the client secret has expired",
+    700016: "application not found in the tenant (wrong client_id, or not consented there)",
+    90002: "tenant not found",
+    700027: "client assertion rejected (certificate not registered on the app?)",
+    65001: "admin consent is missing",
+    700024: "federated token is expired or not yet valid",
+    70021: "no federated identity credential matches the token",
+    7000112: "the application is disabled",
+    500011: "the resource is not found in the tenant (wrong cloud?)",
+}
+
+_AADSTS_RE: Final = re.compile(r"AADSTS(\d+)")
+
+
+class TokenProvider(Protocol):
+    """Gives bearer tokens for one tenant's Graph."""
+
+    async def token(self) -> str:
+        """A valid access token; raises `PollError` (reason auth, timeout, network)."""
+        ...
+
+    async def invalidate(self, token: str) -> None:
+        """Forget `token` (Graph said 401) so that the next `token()` fetches a fresh one."""
+        ...
+
+
+def describe_entra_error(result: dict[str, Any]) -> tuple[str, int | None]:
+    """Turn an MSAL error result into a log-friendly sentence and its AADSTS code."""
+    codes = result.get("error_codes") or []
+    description = str(result.get("error_description") or "")
+    code: int | None = int(codes[0]) if codes and str(codes[0]).isdigit() else None
+    if code is None and (match := _AADSTS_RE.search(description)):
+        code = int(match.group(1))
+    # Entra's description is one sentence, then "Trace ID: ..." lines; keep the sentence.
+    first = description.splitlines()[0].strip() if description else ""
+    hint = AADSTS_HINTS.get(code or 0)
+    error = str(result.get("error") or "error")
+    text = f"Entra ID refused the token request: {error}"
+    if code is not None:
+        text += f" AADSTS{code}"
+    if hint:
+        text += f" ({hint})"
+    if first and not hint:
+        text += f": {first.removeprefix(f'AADSTS{code}: ' if code else '')}"
+    return text, code
+
+
+class MsalTokenProvider:
+    """Client-credentials tokens for one tenant through MSAL, with the credential the config names."""
+
+    def __init__(self, tenant: TenantConfig, *, timeout: float) -> None:
+        self._tenant = tenant
+        self._timeout = timeout
+        self._scope = f"{tenant.graph_url}/.default"
+        self._app: msal.ConfidentialClientApplication | None = None
+        self._credential_stamp: object = None
+        self._lock = asyncio.Lock()
+
+    async def token(self) -> str:
+        # One acquisition at a time per tenant: concurrent collectors then share one token.
+        async with self._lock:
+            return await asyncio.to_thread(self._acquire)
+
+    async def invalidate(self, token: str) -> None:
+        async with self._lock:
+            await asyncio.to_thread(self._forget, token)
+
+    # --- blocking helpers, run in worker threads ------------------------------------------------
+
+    def _stamp(self) -> object:
+        """Cheap identity of the credential on disk; a change (rotation) means a fresh client."""
+        tenant = self._tenant
+        path = tenant.client_secret_file or tenant.client_certificate_file
+        if path is None:
+            return None
+        try:
+            st = path.stat()
+        except OSError:
+            return ("unreadable",)
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _credential(self) -> Any:
+        """The credential in the shape `ConfidentialClientApplication` takes."""
+        tenant = self._tenant
+        try:
+            if tenant.client_secret is not None:
+                return tenant.client_secret.get_secret_value()
+            if tenant.client_secret_file is not None:
+                return read_text_file(tenant.client_secret_file, "secret file")
+            if tenant.client_certificate_file is not None:
+                password = tenant.client_certificate_password
+                cert = load_certificate(
+                    tenant.client_certificate_file,
+                    password.get_secret_value() if password else None,
+                )
+                # public_certificate enables subject-name/issuer auth (x5c header); MSAL
+                # derives the SHA-256 thumbprint from it.
+                credential = {
+                    "private_key": cert.private_key_pem,
+                    "public_certificate": cert.certificate_pem,
+                }
+                if cert.passphrase:
+                    credential["passphrase"] = cert.passphrase
+                return credential
+            if tenant.federated_token_file is not None:
+                path = tenant.federated_token_file
+
+                def assertion() -> str:
+                    # Re-read on every call: workload identity rotates the projected token.
+                    return read_text_file(path, "federated token file")
+
+                return {"client_assertion": assertion}
+        except CredentialFileError as exc:
+            raise AuthError(f"cannot read the credential: {exc}") from None
+        raise AuthError("no credential configured")  # unreachable: config validation ensures one
+
+    def _client(self) -> msal.ConfidentialClientApplication:
+        stamp = self._stamp()
+        if self._app is not None and stamp == self._credential_stamp:
+            return self._app
+        credential = self._credential()
+        tenant = self._tenant
+        authority = f"{tenant.authority_url}/{tenant.tenant_id}"
+        host = authority.split("/")[2].split(":")[0]
+        try:
+            app = msal.ConfidentialClientApplication(
+                tenant.client_id,
+                client_credential=credential,
+                authority=authority,
+                http_client=requests_session(tenant.ca_file),
+                timeout=self._timeout,
+                # For a host MSAL does not know, instance discovery would ask the public cloud.
+                instance_discovery=host in WELL_KNOWN_AUTHORITY_HOSTS,
+            )
+        except requests.Timeout:
+            raise PollError("timeout", f"timed out reaching the authority {authority}") from None
+        except requests.RequestException as exc:
+            raise PollError(
+                "network", f"cannot reach the authority {authority}: {type(exc).__name__}"
+            ) from None
+        except ValueError as exc:
+            # MSAL raises ValueError when OIDC discovery fails, e.g. AADSTS90002 unknown tenant.
+            match = _AADSTS_RE.search(str(exc))
+            code = int(match.group(1)) if match else None
+            hint = AADSTS_HINTS.get(code or 0, "authority discovery failed")
+            prefix = f"AADSTS{code} " if code else ""
+            raise AuthError(
+                f"Entra ID rejected the authority {authority}: {prefix}({hint})", code
+            ) from None
+        if self._app is not None:
+            log.info(
+                "credential changed on disk; rebuilt the MSAL client",
+                extra={"tenant": tenant.name},
+            )
+        self._app, self._credential_stamp = app, stamp
+        return app
+
+    def _acquire(self) -> str:
+        app = self._client()
+        try:
+            result: dict[str, Any] = app.acquire_token_for_client(scopes=[self._scope])
+        except requests.Timeout:
+            raise PollError("timeout", "timed out requesting a token from Entra ID") from None
+        except requests.RequestException as exc:
+            raise PollError(
+                "network", f"cannot reach Entra ID's token endpoint: {type(exc).__name__}"
+            ) from None
+        except CredentialFileError as exc:  # raised by the federated-token callable
+            raise AuthError(f"cannot read the credential: {exc}") from None
+        token = result.get("access_token")
+        if isinstance(token, str) and token:
+            return token
+        text, code = describe_entra_error(result)
+        raise AuthError(text, code)
+
+    def _forget(self, token: str) -> None:
+        if self._app is None:
+            return
+        cache = self._app.token_cache
+        for item in list(cache.search(msal.TokenCache.CredentialType.ACCESS_TOKEN)):
+            if item.get("secret") == token:
+                cache.remove_at(item)
+
+
+TokenProviderFactory = Callable[[TenantConfig], TokenProvider]

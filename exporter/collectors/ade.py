@@ -1,0 +1,178 @@
+"""Automated Device Enrollment (ADE/DEP) tokens: `depOnboardingSettings`, Graph beta only."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Final
+
+from .. import links
+from ..graph import GraphClient
+from ..graphtime import parse_graph_datetime
+from ..metric_spec import MetricSpec
+from .base import Records, Sample, StatusRow, days_until, integer, text
+
+PATH: Final = "/beta/deviceManagement/depOnboardingSettings"
+SELECT: Final = (
+    "id",
+    "tokenName",
+    "appleIdentifier",
+    "tokenType",
+    "tokenExpirationDateTime",
+    "lastSuccessfulSyncDateTime",
+    "lastSyncTriggeredDateTime",
+    "lastSyncErrorCode",
+    "syncedDeviceCount",
+)
+
+# Apple's codes are undocumented; 3 is the one meaning admins and tools agree on.
+SYNC_ERROR_HINTS: Final = {
+    3: "new Apple Business/School Manager terms and conditions must be accepted",
+}
+
+_L: Final = ("tenant", "token_id", "token_name")
+
+
+@dataclass(frozen=True)
+class AdeToken:
+    """One ADE token as Graph reports it."""
+
+    id: str
+    name: str
+    apple_id: str
+    token_type: str
+    expires_at: float | None
+    last_successful_sync_at: float | None
+    last_sync_triggered_at: float | None
+    last_sync_error_code: int
+    synced_devices: int | None
+
+
+def parse_token(item: dict[str, object]) -> AdeToken | None:
+    """Map one `depOnboardingSetting`; None when it has no id to identify it by."""
+    token_id = text(item, "id")
+    if not token_id:
+        return None
+    return AdeToken(
+        id=token_id,
+        name=text(item, "tokenName") or token_id,
+        apple_id=text(item, "appleIdentifier"),
+        token_type=text(item, "tokenType") or "none",
+        expires_at=parse_graph_datetime(item.get("tokenExpirationDateTime")),
+        last_successful_sync_at=parse_graph_datetime(item.get("lastSuccessfulSyncDateTime")),
+        last_sync_triggered_at=parse_graph_datetime(item.get("lastSyncTriggeredDateTime")),
+        last_sync_error_code=integer(item, "lastSyncErrorCode") or 0,
+        synced_devices=integer(item, "syncedDeviceCount"),
+    )
+
+
+def sync_error_text(code: int) -> str:
+    """What an ADE `lastSyncErrorCode` means, as far as anyone knows."""
+    hint = SYNC_ERROR_HINTS.get(code)
+    return f"sync error code {code}: {hint}" if hint else f"sync error code {code} reported by Apple"
+
+
+class AdeCollector:
+    """ADE/DEP enrollment program tokens."""
+
+    name: Final = "ade"
+    metrics: Final = (
+        MetricSpec(
+            "intune_ade_token_info",
+            "gauge",
+            "ADE (DEP) enrollment program token; always 1.",
+            (*_L, "apple_id", "token_type"),
+        ),
+        MetricSpec(
+            "intune_ade_token_expiry_timestamp_seconds",
+            "gauge",
+            "When the ADE token expires, as Unix time.",
+            _L,
+        ),
+        MetricSpec(
+            "intune_ade_token_days_to_expiry",
+            "gauge",
+            "Days until the ADE token expires; negative once expired.",
+            _L,
+        ),
+        MetricSpec(
+            "intune_ade_token_sync_error",
+            "gauge",
+            "1 when Apple reported an error on the last ADE sync, else 0.",
+            _L,
+        ),
+        MetricSpec(
+            "intune_ade_token_last_sync_error_code",
+            "gauge",
+            "lastSyncErrorCode of the ADE token as Graph returns it; 0 is no error.",
+            _L,
+        ),
+        MetricSpec(
+            "intune_ade_token_last_successful_sync_timestamp_seconds",
+            "gauge",
+            "Last successful sync with Apple as Unix time; absent when never synced.",
+            _L,
+        ),
+        MetricSpec(
+            "intune_ade_token_last_successful_sync_age_seconds",
+            "gauge",
+            "Seconds since the last successful sync with Apple; absent when never synced.",
+            _L,
+        ),
+        MetricSpec(
+            "intune_ade_token_last_sync_triggered_timestamp_seconds",
+            "gauge",
+            "Last time a sync with Apple was triggered, as Unix time; absent when never.",
+            _L,
+        ),
+        MetricSpec(
+            "intune_ade_token_synced_devices",
+            "gauge",
+            "Devices synced from Apple Business/School Manager with this token.",
+            _L,
+        ),
+    )
+
+    async def fetch(self, graph: GraphClient) -> Records:
+        items = await graph.get_collection(PATH, SELECT)
+        return tuple(token for item in items if (token := parse_token(item)) is not None)
+
+    def samples(self, tenant: str, records: Records, now: float) -> Iterator[Sample]:
+        token: AdeToken
+        for token in records:
+            labels = (tenant, token.id, token.name)
+            yield "intune_ade_token_info", (*labels, token.apple_id, token.token_type), 1.0
+            if token.expires_at is not None:
+                yield "intune_ade_token_expiry_timestamp_seconds", labels, token.expires_at
+                yield "intune_ade_token_days_to_expiry", labels, days_until(token.expires_at, now)
+            code = token.last_sync_error_code
+            yield "intune_ade_token_sync_error", labels, 1.0 if code else 0.0
+            yield "intune_ade_token_last_sync_error_code", labels, float(code)
+            if token.last_successful_sync_at is not None:
+                synced = token.last_successful_sync_at
+                yield "intune_ade_token_last_successful_sync_timestamp_seconds", labels, synced
+                yield "intune_ade_token_last_successful_sync_age_seconds", labels, now - synced
+            if token.last_sync_triggered_at is not None:
+                triggered = token.last_sync_triggered_at
+                yield "intune_ade_token_last_sync_triggered_timestamp_seconds", labels, triggered
+            if token.synced_devices is not None:
+                yield "intune_ade_token_synced_devices", labels, float(token.synced_devices)
+
+    def status_rows(self, records: Records) -> list[StatusRow]:
+        token: AdeToken
+        rows = []
+        for token in records:
+            code = token.last_sync_error_code
+            rows.append(
+                StatusRow(
+                    kind="ADE token",
+                    name=token.name,
+                    apple_id=token.apple_id,
+                    expires_at=token.expires_at,
+                    last_sync_at=token.last_successful_sync_at,
+                    problem=sync_error_text(code) if code else None,
+                    renew_url=links.ADE_RENEW,
+                    troubleshooting_url=links.ADE_SYNC_TROUBLESHOOTING if code else None,
+                )
+            )
+        return rows

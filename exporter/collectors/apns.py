@@ -1,0 +1,125 @@
+"""The Apple MDM push (APNs) certificate: a singleton, `applePushNotificationCertificate`.
+
+A tenant without a certificate answers 404; that is a state (`configured` 0), not a failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Final
+
+from .. import links
+from ..errors import GraphError
+from ..graph import GraphClient
+from ..graphtime import parse_graph_datetime
+from ..metric_spec import MetricSpec
+from .base import Records, Sample, StatusRow, days_until, text
+
+PATH: Final = "/beta/deviceManagement/applePushNotificationCertificate"
+# `certificate` (the public certificate body) is large and unused; it is not requested.
+SELECT: Final = (
+    "id",
+    "appleIdentifier",
+    "topicIdentifier",
+    "expirationDateTime",
+    "certificateSerialNumber",
+    "certificateUploadStatus",
+    "lastModifiedDateTime",
+)
+
+
+@dataclass(frozen=True)
+class ApnsCertificate:
+    """The tenant's Apple MDM push certificate."""
+
+    apple_id: str
+    topic_id: str
+    serial_number: str
+    expires_at: float | None
+    upload_status: str
+    last_modified_at: float | None
+
+
+def parse_certificate(item: dict[str, object]) -> ApnsCertificate | None:
+    """Map the singleton; None when it carries neither an Apple ID nor an expiry (not set up)."""
+    certificate = ApnsCertificate(
+        apple_id=text(item, "appleIdentifier"),
+        topic_id=text(item, "topicIdentifier"),
+        serial_number=text(item, "certificateSerialNumber"),
+        expires_at=parse_graph_datetime(item.get("expirationDateTime")),
+        upload_status=text(item, "certificateUploadStatus"),
+        last_modified_at=parse_graph_datetime(item.get("lastModifiedDateTime")),
+    )
+    if not certificate.apple_id and certificate.expires_at is None:
+        return None
+    return certificate
+
+
+class ApnsCollector:
+    """The Apple MDM push certificate."""
+
+    name: Final = "apns"
+    metrics: Final = (
+        MetricSpec(
+            "intune_apns_certificate_configured",
+            "gauge",
+            "1 when the tenant has an Apple MDM push certificate, 0 when Graph says it has none.",
+            ("tenant",),
+        ),
+        MetricSpec(
+            "intune_apns_certificate_info",
+            "gauge",
+            "Apple MDM push certificate; always 1.",
+            ("tenant", "apple_id", "topic_id", "serial_number"),
+        ),
+        MetricSpec(
+            "intune_apns_certificate_expiry_timestamp_seconds",
+            "gauge",
+            "When the Apple MDM push certificate expires, as Unix time.",
+            ("tenant", "apple_id"),
+        ),
+        MetricSpec(
+            "intune_apns_certificate_days_to_expiry",
+            "gauge",
+            "Days until the Apple MDM push certificate expires; negative once expired.",
+            ("tenant", "apple_id"),
+        ),
+    )
+
+    async def fetch(self, graph: GraphClient) -> Records:
+        try:
+            item = await graph.get_object(PATH, SELECT)
+        except GraphError as exc:
+            if exc.status == 404:
+                return ()
+            raise
+        certificate = parse_certificate(item)
+        return () if certificate is None else (certificate,)
+
+    def samples(self, tenant: str, records: Records, now: float) -> Iterator[Sample]:
+        yield "intune_apns_certificate_configured", (tenant,), 1.0 if records else 0.0
+        certificate: ApnsCertificate
+        for certificate in records:
+            info = (tenant, certificate.apple_id, certificate.topic_id, certificate.serial_number)
+            yield "intune_apns_certificate_info", info, 1.0
+            if certificate.expires_at is not None:
+                labels = (tenant, certificate.apple_id)
+                expires = certificate.expires_at
+                yield "intune_apns_certificate_expiry_timestamp_seconds", labels, expires
+                yield "intune_apns_certificate_days_to_expiry", labels, days_until(expires, now)
+
+    def status_rows(self, records: Records) -> list[StatusRow]:
+        certificate: ApnsCertificate
+        return [
+            StatusRow(
+                kind="APNs certificate",
+                name=certificate.topic_id or "Apple MDM push certificate",
+                apple_id=certificate.apple_id,
+                expires_at=certificate.expires_at,
+                last_sync_at=None,
+                problem=None,
+                renew_url=links.APNS_RENEW,
+            )
+            for certificate in records
+        ]

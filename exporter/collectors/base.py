@@ -1,0 +1,82 @@
+"""What every Apple-credential collector provides.
+
+A collector is one module: it fetches and parses its Graph resource into immutable records,
+describes its metrics, turns records into samples at scrape time, and describes its rows for the
+status page. The poller, the snapshot store, the Prometheus collector and the status page only
+talk to this interface, so a new kind of credential is one new module plus one registry line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..graph import GraphClient
+from ..metric_spec import MetricSpec
+
+# (metric name, label values in the spec's order, value)
+Sample = tuple[str, tuple[str, ...], float]
+# The parsed result of one successful fetch; each collector knows its own record type.
+Records = tuple[Any, ...]
+
+SECONDS_PER_DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class StatusRow:
+    """One credential on the status page."""
+
+    kind: str
+    name: str
+    apple_id: str
+    expires_at: float | None
+    last_sync_at: float | None
+    problem: str | None
+    renew_url: str
+    troubleshooting_url: str | None = None
+
+
+class CredentialCollector(Protocol):
+    """One kind of Apple credential (ADE tokens, VPP tokens, the APNs certificate)."""
+
+    @property
+    def name(self) -> str:
+        """Short name: the `collector` label and the `collect:` config value."""
+        ...
+
+    @property
+    def metrics(self) -> tuple[MetricSpec, ...]:
+        """Every metric this collector exposes."""
+        ...
+
+    async def fetch(self, graph: GraphClient) -> Records:
+        """Read the resource from Graph; raises `PollError` on failure."""
+        ...
+
+    def samples(self, tenant: str, records: Records, now: float) -> Iterator[Sample]:
+        """Samples for one tenant's records; time-derived values use `now`."""
+        ...
+
+    def status_rows(self, records: Records) -> list[StatusRow]:
+        """Rows for the HTML status page."""
+        ...
+
+
+def text(item: dict[str, Any], key: str) -> str:
+    """A string field, or "" when missing, null or not a string (the parser is tolerant)."""
+    value = item.get(key)
+    return value if isinstance(value, str) else ""
+
+
+def integer(item: dict[str, Any], key: str) -> int | None:
+    """An integer field, or None when missing, null or not a number."""
+    value = item.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value)
+
+
+def days_until(timestamp: float, now: float) -> float:
+    """Fractional days from `now` to `timestamp`; negative once past."""
+    return (timestamp - now) / SECONDS_PER_DAY

@@ -1,0 +1,241 @@
+"""A small Microsoft Graph client: bearer auth, OData paging, retries, and readable errors."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import random
+import ssl
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from . import __version__
+from .auth import TokenProvider
+from .errors import GraphError, PollError, Reason
+
+JsonObject = dict[str, Any]
+
+RETRYABLE_STATUSES: Final = frozenset({429, 503, 504})
+# 2,000 ADE or 3,000 VPP tokens fit in far fewer pages; more means a nextLink loop.
+MAX_PAGES: Final = 500
+_MAX_MESSAGE: Final = 400
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How throttled (429) and unavailable (503, 504) responses are retried.
+
+    The defaults follow Microsoft's Graph SDKs: a 3 s first delay, capped at 180 s, with a bound
+    on attempts and on the total time spent waiting for one request.
+    """
+
+    max_attempts: int = 4
+    base_delay: float = 3.0
+    max_delay: float = 180.0
+    max_total_wait: float = 240.0
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a `Retry-After` header: delta seconds (decimals allowed) or HTTP date."""
+    if not value:
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:  # an HTTP date is GMT by definition
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if seconds != seconds:  # NaN
+        return None
+    return max(0.0, seconds)
+
+
+def _one_line(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 1] + "…"
+
+
+def _reason_for(status: int) -> Reason:
+    if status == 401:
+        return "auth"
+    if status == 403:
+        return "forbidden"
+    if status == 404:
+        return "not_found"
+    if status == 429:
+        return "throttled"
+    return "http"
+
+
+def parse_graph_error(status: int, body: bytes, headers: Mapping[str, str]) -> GraphError:
+    """Build a `GraphError` from Graph's error JSON, unwrapping the document Intune nests in it."""
+    code = ""
+    message = ""
+    request_id = headers.get("request-id") or headers.get("client-request-id")
+    try:
+        document = json.loads(body)
+    except ValueError:
+        document = None
+    error = document.get("error") if isinstance(document, dict) else None
+    if isinstance(error, dict):
+        code = str(error.get("code") or "")
+        message = str(error.get("message") or "")
+        inner = error.get("innerError") or error.get("innererror")
+        if isinstance(inner, dict) and inner.get("request-id"):
+            request_id = str(inner["request-id"])
+        # Intune puts a second JSON document, as a string, inside error.message.
+        if message.lstrip().startswith("{"):
+            try:
+                nested = json.loads(message)
+            except ValueError:
+                nested = None
+            if isinstance(nested, dict) and nested.get("Message"):
+                message = str(nested["Message"])
+    else:
+        content_type = headers.get("Content-Type", "unknown content type")
+        message = f"no Graph error body ({content_type}, {len(body)} bytes)"
+    return GraphError(
+        _reason_for(status), status, code or "unknown", _one_line(message), request_id
+    )
+
+
+class GraphClient:
+    """GET requests against one tenant's Graph, with its token provider."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        tokens: TokenProvider,
+        *,
+        timeout: float,
+        ssl_context: ssl.SSLContext | None = None,
+        retry: RetryPolicy | None = None,
+        on_response: Callable[[int], None] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._session = session
+        self._base = base_url.rstrip("/")
+        origin = urlsplit(self._base)
+        self._origin = (origin.scheme, origin.netloc.lower())
+        self._tokens = tokens
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._ssl: ssl.SSLContext | bool = ssl_context or True
+        self._retry = retry or RetryPolicy()
+        self._on_response = on_response or (lambda status: None)
+        self._sleep = sleep
+
+    async def get_collection(self, path: str, select: Sequence[str]) -> list[JsonObject]:
+        """Every item of a collection, following `@odata.nextLink` to the end."""
+        url: str | None = f"{self._base}{path}"
+        params: dict[str, str] | None = {"$select": ",".join(select)}
+        items: list[JsonObject] = []
+        for _ in range(MAX_PAGES):
+            if url is None:
+                return items
+            page = await self._get_json(url, params)
+            value = page.get("value")
+            if not isinstance(value, list):
+                raise PollError("invalid_response", f"{path}: the response has no 'value' list")
+            if not all(isinstance(item, dict) for item in value):
+                raise PollError("invalid_response", f"{path}: 'value' holds a non-object item")
+            items.extend(value)
+            next_link = page.get("@odata.nextLink")
+            if next_link is not None and not isinstance(next_link, str):
+                raise PollError("invalid_response", f"{path}: '@odata.nextLink' is not a string")
+            url = self._checked_next_link(path, next_link) if next_link else None
+            params = None  # the nextLink carries the query ($skiptoken and our $select)
+        raise PollError("invalid_response", f"{path}: more than {MAX_PAGES} pages; a paging loop?")
+
+    async def get_object(self, path: str, select: Sequence[str]) -> JsonObject:
+        """A single entity (for example the APNs certificate singleton)."""
+        return await self._get_json(f"{self._base}{path}", {"$select": ",".join(select)})
+
+    def _checked_next_link(self, path: str, link: str) -> str:
+        parts = urlsplit(link)
+        # Never send the bearer token to a host other than the configured Graph endpoint.
+        if (parts.scheme, parts.netloc.lower()) != self._origin:
+            raise PollError(
+                "invalid_response", f"{path}: '@odata.nextLink' points outside {self._base}"
+            )
+        return link
+
+    async def _get_json(self, url: str, params: Mapping[str, str] | None) -> JsonObject:
+        attempt = 0
+        waited = 0.0
+        token_refreshed = False
+        while True:
+            attempt += 1
+            token = await self._tokens.token()
+            status, headers, body = await self._send(url, params, token)
+            if status == 200:
+                return self._decode(url, body)
+            if status == 401 and not token_refreshed:
+                # The token may have expired or been revoked early: fetch a fresh one, once.
+                token_refreshed = True
+                await self._tokens.invalidate(token)
+                continue
+            if status in RETRYABLE_STATUSES and attempt < self._retry.max_attempts:
+                delay = self._delay(attempt, headers.get("Retry-After"))
+                if waited + delay <= self._retry.max_total_wait:
+                    await self._sleep(delay)
+                    waited += delay
+                    continue
+            raise parse_graph_error(status, body, headers)
+
+    def _delay(self, attempt: int, retry_after: str | None) -> float:
+        asked = parse_retry_after(retry_after)
+        if asked is not None:
+            return min(asked, self._retry.max_delay)
+        ceiling = min(self._retry.max_delay, self._retry.base_delay * 2.0 ** (attempt - 1))
+        # Half fixed, half random: spreads retries of many tenants without retrying at once.
+        return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not crypto
+
+    async def _send(
+        self, url: str, params: Mapping[str, str] | None, token: str
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Accept": "application/json",
+            "client-request-id": str(uuid.uuid4()),
+            "User-Agent": f"intune-apple-token-exporter/{__version__}",
+        }
+        where = urlsplit(url).path
+        try:
+            async with self._session.get(
+                url, params=params, headers=headers, timeout=self._timeout, ssl=self._ssl
+            ) as response:
+                body = await response.read()
+                self._on_response(response.status)
+                return response.status, response.headers, body
+        except TimeoutError:
+            raise PollError(
+                "timeout", f"GET {where}: no answer within {self._timeout.total:g}s"
+            ) from None
+        except aiohttp.ClientSSLError as exc:
+            raise PollError("network", f"GET {where}: TLS failure: {exc.__class__.__name__}") from None
+        except aiohttp.ClientError as exc:
+            raise PollError("network", f"GET {where}: {exc.__class__.__name__}: {exc}") from None
+
+    @staticmethod
+    def _decode(url: str, body: bytes) -> JsonObject:
+        where = urlsplit(url).path
+        try:
+            document = json.loads(body)
+        except ValueError:
+            raise PollError("invalid_response", f"GET {where}: the body is not JSON") from None
+        if not isinstance(document, dict):
+            raise PollError("invalid_response", f"GET {where}: the body is not a JSON object")
+        return document

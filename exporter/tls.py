@@ -1,0 +1,60 @@
+"""Client-side TLS trust shared by aiohttp (Graph) and requests (MSAL).
+
+Verification is always on. Trust is the system store, plus the bundles named by the standard
+`SSL_CERT_FILE` and `REQUESTS_CA_BUNDLE` variables, plus a tenant's `ca_file`: each adds to the
+others. Plain `verify=ca_file` on a requests session would not do, because requests lets
+`REQUESTS_CA_BUNDLE`/`CURL_CA_BUNDLE` override a session's `verify` and the private CA would
+silently stop being trusted on hosts that set those variables.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from pathlib import Path
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+_ENV_BUNDLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
+
+
+def client_ssl_context(ca_file: Path | None = None) -> ssl.SSLContext:
+    """A verifying client context trusting the system store, env bundles and `ca_file`."""
+    context = ssl.create_default_context()
+    for variable in _ENV_BUNDLES:
+        bundle = os.environ.get(variable)
+        if bundle and os.path.isfile(bundle):
+            context.load_verify_locations(cafile=bundle)
+    if ca_file is not None:
+        context.load_verify_locations(cafile=str(ca_file))
+    return context
+
+
+class _SSLContextAdapter(HTTPAdapter):
+    """Make urllib3 start from our context; requests' own CA choice can then only add to it."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self._context = context
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["ssl_context"] = self._context
+        super().init_poolmanager(*args, **kwargs)
+
+    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+        kwargs["ssl_context"] = self._context
+        return super().proxy_manager_for(proxy, **kwargs)
+
+
+def requests_session(ca_file: Path | None = None) -> requests.Session:
+    """A requests session (for MSAL) that trusts what `client_ssl_context` trusts.
+
+    It keeps `trust_env`, so corporate `HTTPS_PROXY` settings still apply.
+    """
+    session = requests.Session()
+    # A context of its own: urllib3 loads requests' CA bundle into it per connection, and a
+    # context shared with aiohttp's event loop thread should not be mutated from MSAL's threads.
+    session.mount("https://", _SSLContextAdapter(client_ssl_context(ca_file)))
+    return session
