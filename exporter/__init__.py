@@ -1,4 +1,4 @@
-"""Prometheus exporter for the Apple credentials (ADE tokens, VPP tokens, APNs certificate) of Intune."""
+"""Prometheus exporter for the Apple credentials (ADE, VPP, APNs) of Microsoft Intune tenants."""
 
 from importlib.metadata import PackageNotFoundError, version
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 import msal
@@ -20,7 +19,6 @@ from msal.authority import WELL_KNOWN_AUTHORITY_HOSTS
 from .config import TenantConfig
 from .credentials import CredentialFileError, load_certificate, read_text_file
 from .errors import AuthError, PollError
-from .tls import requests_session
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +73,13 @@ def describe_entra_error(result: dict[str, Any]) -> tuple[str, int | None]:
 
 
 class MsalTokenProvider:
-    """Client-credentials tokens for one tenant through MSAL, with the credential the config names."""
+    """Client-credentials tokens for one tenant through MSAL, with its configured credential."""
 
-    def __init__(self, tenant: TenantConfig, *, timeout: float) -> None:
+    def __init__(
+        self, tenant: TenantConfig, *, timeout: float, http_client: requests.Session
+    ) -> None:
         self._tenant = tenant
+        self._http_client = http_client
         self._timeout = timeout
         self._scope = f"{tenant.graph_url}/.default"
         self._app: msal.ConfidentialClientApplication | None = None
@@ -156,7 +157,7 @@ class MsalTokenProvider:
                 tenant.client_id,
                 client_credential=credential,
                 authority=authority,
-                http_client=requests_session(tenant.ca_file),
+                http_client=self._http_client,
                 timeout=self._timeout,
                 # For a host MSAL does not know, instance discovery would ask the public cloud.
                 instance_discovery=host in WELL_KNOWN_AUTHORITY_HOSTS,
@@ -209,6 +210,3 @@ class MsalTokenProvider:
         for item in list(cache.search(msal.TokenCache.CredentialType.ACCESS_TOKEN)):
             if item.get("secret") == token:
                 cache.remove_at(item)
-
-
-TokenProviderFactory = Callable[[TenantConfig], TokenProvider]

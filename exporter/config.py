@@ -85,6 +85,7 @@ def parse_duration(value: object) -> float:
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
+
 def _known_collectors(value: object) -> object:
     # Deferred import: the collectors import the Graph client, which imports this module.
     from .collectors import COLLECTORS
@@ -94,9 +95,7 @@ def _known_collectors(value: object) -> object:
             raise ValueError(f"must name at least one collector ({', '.join(COLLECTORS)})")
         for name in value:
             if name not in COLLECTORS:
-                raise ValueError(
-                    f"unknown collector {name!r}; choose from {', '.join(COLLECTORS)}"
-                )
+                raise ValueError(f"unknown collector {name!r}; choose from {', '.join(COLLECTORS)}")
         return tuple(dict.fromkeys(value))
     return value
 
@@ -116,9 +115,7 @@ _GUID_RE: Final = re.compile(
 
 def _guid(value: object) -> object:
     if isinstance(value, str) and not _GUID_RE.match(value):
-        raise ValueError(
-            f"{value!r} is not a GUID (expected xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"
-        )
+        raise ValueError(f"{value!r} is not a GUID (expected xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)")
     return value.lower() if isinstance(value, str) else value
 
 
@@ -274,16 +271,16 @@ def _pydantic_problem(error: Mapping[str, Any]) -> str:
     return message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
 
 
-def _merge_defaults(
-    raw: dict[str, Any], file: str
-) -> tuple[dict[str, Any], dict[int, set[str]]]:
+def _merge_defaults(raw: dict[str, Any], file: str) -> tuple[dict[str, Any], dict[int, set[str]]]:
     """Give every tenant the `defaults` keys it does not set; remember which keys were inherited."""
     defaults = raw.pop("defaults", None) or {}
     if not isinstance(defaults, dict):
         raise ConfigError(file, "defaults", "must be a mapping of tenant keys")
     for key in defaults:
         if key in ("name", "tenant_id") or key not in TenantConfig.model_fields:
-            problem = "unknown key" if key not in TenantConfig.model_fields else "cannot be a default"
+            problem = (
+                "unknown key" if key not in TenantConfig.model_fields else "cannot be a default"
+            )
             raise ConfigError(file, f"defaults.{key}", problem)
     tenants = raw.get("tenants")
     inherited: dict[int, set[str]] = {}
@@ -354,9 +351,13 @@ def parse_config(raw: object, file: str) -> ExporterConfig:
         error = exc.errors()[0]
         loc = tuple(error["loc"])
         key = _key_path(loc)
-        if len(loc) >= 3 and loc[0] == "tenants" and isinstance(loc[1], int):
-            if str(loc[2]) in inherited.get(loc[1], ()):
-                key = f"defaults.{loc[2]} (inherited by tenants[{loc[1]}])"
+        if (
+            len(loc) >= 3
+            and loc[0] == "tenants"
+            and isinstance(loc[1], int)
+            and str(loc[2]) in inherited.get(loc[1], ())
+        ):
+            key = f"defaults.{loc[2]} (inherited by tenants[{loc[1]}])"
         raise ConfigError(file, key, _pydantic_problem(error)) from None
     seen: dict[str, int] = {}
     for index, tenant in enumerate(config.tenants):
@@ -368,12 +369,6 @@ def parse_config(raw: object, file: str) -> ExporterConfig:
             )
         seen[tenant.name] = index
     _check_files(config, file, inherited)
-    if config.poll_interval < MIN_SANE_POLL_INTERVAL:
-        log.warning(
-            "poll_interval is under a minute; Apple tokens change daily at most, and Intune "
-            "throttles per app and tenant",
-            extra={"poll_interval_seconds": config.poll_interval},
-        )
     return config
 
 
@@ -395,4 +390,11 @@ def load_config(path: str | os.PathLike[str]) -> ExporterConfig:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "syntax error"
         raise ConfigError(file, "", f"invalid YAML{where}: {problem}") from None
-    return parse_config(raw, file)
+    config = parse_config(raw, file)
+    if config.poll_interval < MIN_SANE_POLL_INTERVAL:
+        log.warning(
+            "poll_interval is under a minute; Apple tokens change daily at most, and Intune "
+            "throttles per app and tenant",
+            extra={"file": file, "poll_interval_seconds": config.poll_interval},
+        )
+    return config

@@ -35,7 +35,9 @@ def read_text_file(path: Path, what: str) -> str:
     except IsADirectoryError:
         raise CredentialFileError(f"{what} {str(path)!r} is a directory") from None
     except PermissionError:
-        raise CredentialFileError(f"{what} {str(path)!r} is not readable (permission denied)") from None
+        raise CredentialFileError(
+            f"{what} {str(path)!r} is not readable (permission denied)"
+        ) from None
     except UnicodeDecodeError:
         raise CredentialFileError(f"{what} {str(path)!r} is not UTF-8 text") from None
     except OSError as exc:
@@ -64,7 +66,8 @@ def load_certificate(path: Path, password: str | None) -> CertificateCredential:
     except ValueError:
         if password and b"ENCRYPTED" in data:
             raise CredentialFileError(
-                f"cannot decrypt the private key in {str(path)!r}: wrong client_certificate_password"
+                f"cannot decrypt the private key in {str(path)!r}: "
+                "wrong client_certificate_password"
             ) from None
         raise CredentialFileError(f"{str(path)!r} holds no readable PEM private key") from None
     if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
@@ -73,8 +76,10 @@ def load_certificate(path: Path, password: str | None) -> CertificateCredential:
         certs = x509.load_pem_x509_certificates(data)
     except ValueError:
         raise CredentialFileError(f"{str(path)!r} holds no PEM certificate") from None
-    leaf_public = certs[0].public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    leaf_public = (
+        certs[0]
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     key_public = key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo

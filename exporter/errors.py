@@ -44,7 +44,7 @@ class AuthError(PollError):
 
 
 class GraphError(PollError):
-    """Graph answered with an HTTP error, described by Graph's error `code`, `message`, request id."""
+    """Graph answered with an HTTP error: Graph's error `code`, `message` and request id."""
 
     def __init__(
         self,

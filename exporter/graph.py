@@ -43,7 +43,7 @@ class RetryPolicy:
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a `Retry-After` header: delta seconds (decimals allowed) or HTTP date."""
+    """Seconds to wait from `Retry-After`: delta seconds (decimals allowed) or an HTTP date."""
     if not value:
         return None
     text = value.strip()
@@ -225,7 +225,9 @@ class GraphClient:
                 "timeout", f"GET {where}: no answer within {self._timeout.total:g}s"
             ) from None
         except aiohttp.ClientSSLError as exc:
-            raise PollError("network", f"GET {where}: TLS failure: {exc.__class__.__name__}") from None
+            raise PollError(
+                "network", f"GET {where}: TLS failure: {exc.__class__.__name__}"
+            ) from None
         except aiohttp.ClientError as exc:
             raise PollError("network", f"GET {where}: {exc.__class__.__name__}: {exc}") from None
 

@@ -16,6 +16,8 @@ ADE_SYNC_TROUBLESHOOTING: Final = (
     "troubleshoot-ios-enrollment-errors#sync-token-errors-between-intune-and-ade"
 )
 VPP_RENEW: Final = "https://learn.microsoft.com/mem/intune/apps/vpp-apps-ios"
-APNS_RENEW: Final = "https://learn.microsoft.com/mem/intune/enrollment/apple-mdm-push-certificate-get"
+APNS_RENEW: Final = (
+    "https://learn.microsoft.com/mem/intune/enrollment/apple-mdm-push-certificate-get"
+)
 
 ALL: Final = (ADE_RENEW, ADE_RENEW_SEED, ADE_SYNC_TROUBLESHOOTING, VPP_RENEW, APNS_RENEW)

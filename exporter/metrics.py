@@ -1,4 +1,4 @@
-"""The Prometheus side: every metric's spec, and a custom collector rendering one snapshot per scrape.
+"""Prometheus side: every metric's spec, and a collector rendering one snapshot per scrape.
 
 Time-derived values (days to expiry, sync ages) are computed here, at scrape time, from the
 timestamps the pollers stored, so they keep moving between polls and during Graph outages.
@@ -137,16 +137,22 @@ class IntuneCollector(Collector):
             add("intune_tenant_info", (name, tenant.tenant_id, tenant.cloud), 1.0)
             add("intune_tenant_up", (name,), 1.0 if tenant.up else 0.0)
             if tenant.last_success_at is not None:
-                add("intune_tenant_last_successful_poll_timestamp_seconds", (name,),
-                    tenant.last_success_at)
+                add(
+                    "intune_tenant_last_successful_poll_timestamp_seconds",
+                    (name,),
+                    tenant.last_success_at,
+                )
             if tenant.last_poll_duration is not None:
                 add("intune_tenant_poll_duration_seconds", (name,), tenant.last_poll_duration)
             for collector_name, state in tenant.collectors.items():
                 labels = (name, collector_name)
                 add("intune_tenant_collector_up", labels, 1.0 if state.up else 0.0)
                 if state.last_success_at is not None:
-                    add("intune_tenant_collector_last_success_timestamp_seconds", labels,
-                        state.last_success_at)
+                    add(
+                        "intune_tenant_collector_last_success_timestamp_seconds",
+                        labels,
+                        state.last_success_at,
+                    )
                 collector = self._collectors.get(collector_name)
                 if collector is not None and state.records is not None:
                     for metric, sample_labels, value in collector.samples(name, state.records, now):

@@ -69,7 +69,7 @@ class TenantPoller:
             return
         # One token serves every collector, so an auth failure is reported once, not per collector.
         seen: set[str] = set()
-        for name, error in errors.items():
+        for error in errors.values():
             if error.message in seen:
                 continue
             seen.add(error.message)

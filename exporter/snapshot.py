@@ -134,4 +134,3 @@ class SnapshotStore:
             graph_requests=dict(self._graph_requests),
             polls=dict(self._polls),
         )
-

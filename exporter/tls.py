@@ -20,8 +20,8 @@ from requests.adapters import HTTPAdapter
 _ENV_BUNDLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
 
 
-def client_ssl_context(ca_file: Path | None = None) -> ssl.SSLContext:
-    """A verifying client context trusting the system store, env bundles and `ca_file`."""
+def client_ssl_context(ca_file: Path | None = None, ca_data: str | None = None) -> ssl.SSLContext:
+    """A verifying client context trusting the system store, env bundles, `ca_file`, `ca_data`."""
     context = ssl.create_default_context()
     for variable in _ENV_BUNDLES:
         bundle = os.environ.get(variable)
@@ -29,6 +29,8 @@ def client_ssl_context(ca_file: Path | None = None) -> ssl.SSLContext:
             context.load_verify_locations(cafile=bundle)
     if ca_file is not None:
         context.load_verify_locations(cafile=str(ca_file))
+    if ca_data is not None:
+        context.load_verify_locations(cadata=ca_data)
     return context
 
 
@@ -48,13 +50,30 @@ class _SSLContextAdapter(HTTPAdapter):
         return super().proxy_manager_for(proxy, **kwargs)
 
 
-def requests_session(ca_file: Path | None = None) -> requests.Session:
-    """A requests session (for MSAL) that trusts what `client_ssl_context` trusts.
+class TrustStore:
+    """Client contexts by `ca_file`, built once: loading the system store costs milliseconds,
+    which adds up over a thousand tenants."""
 
-    It keeps `trust_env`, so corporate `HTTPS_PROXY` settings still apply.
-    """
-    session = requests.Session()
-    # A context of its own: urllib3 loads requests' CA bundle into it per connection, and a
-    # context shared with aiohttp's event loop thread should not be mutated from MSAL's threads.
-    session.mount("https://", _SSLContextAdapter(client_ssl_context(ca_file)))
-    return session
+    def __init__(self, ca_data: str | None = None) -> None:
+        self._ca_data = ca_data
+        self._aiohttp: dict[Path | None, ssl.SSLContext] = {}
+        self._requests: dict[Path | None, ssl.SSLContext] = {}
+
+    def aiohttp_context(self, ca_file: Path | None) -> ssl.SSLContext:
+        """The context for Graph requests of tenants with this `ca_file`."""
+        if ca_file not in self._aiohttp:
+            self._aiohttp[ca_file] = client_ssl_context(ca_file, self._ca_data)
+        return self._aiohttp[ca_file]
+
+    def requests_session(self, ca_file: Path | None) -> requests.Session:
+        """A requests session (for MSAL) that trusts what `aiohttp_context` trusts.
+
+        It keeps `trust_env`, so corporate `HTTPS_PROXY` settings still apply.
+        """
+        # Separate from the aiohttp contexts: urllib3 loads requests' CA bundle into its context
+        # from MSAL's worker threads, and the event loop's contexts should not change under it.
+        if ca_file not in self._requests:
+            self._requests[ca_file] = client_ssl_context(ca_file, self._ca_data)
+        session = requests.Session()
+        session.mount("https://", _SSLContextAdapter(self._requests[ca_file]))
+        return session

@@ -69,7 +69,9 @@ def parse_token(item: dict[str, object]) -> AdeToken | None:
 def sync_error_text(code: int) -> str:
     """What an ADE `lastSyncErrorCode` means, as far as anyone knows."""
     hint = SYNC_ERROR_HINTS.get(code)
-    return f"sync error code {code}: {hint}" if hint else f"sync error code {code} reported by Apple"
+    return (
+        f"sync error code {code}: {hint}" if hint else f"sync error code {code} reported by Apple"
+    )
 
 
 class AdeCollector:

@@ -110,7 +110,6 @@ class ApnsCollector:
                 yield "intune_apns_certificate_days_to_expiry", labels, days_until(expires, now)
 
     def status_rows(self, records: Records) -> list[StatusRow]:
-        certificate: ApnsCertificate
         return [
             StatusRow(
                 kind="APNs certificate",

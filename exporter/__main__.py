@@ -1,0 +1,5 @@
+"""`python -m exporter`."""
+
+from .cli import run
+
+run()

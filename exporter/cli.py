@@ -1,0 +1,155 @@
+"""Command line: `intune-apple-token-exporter --config.file=config.yaml ...`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from . import __version__
+from .config import ConfigError, ExporterConfig, load_config
+from .demo import demo_config, start_demo_cloud
+from .logs import configure_logging
+from .metrics import IntuneCollector, build_registry
+from .server import DEFAULT_PORT, build_app, parse_listen_address, start_site
+from .service import Exporter
+from .simulator import SimulatedCloud
+from .webconfig import WebConfig, load_web_config
+
+log = logging.getLogger("exporter")
+
+EXIT_CONFIG = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser, with Prometheus-style dotted flags."""
+    parser = argparse.ArgumentParser(
+        prog="intune-apple-token-exporter",
+        description="Prometheus exporter for the Apple ADE tokens, VPP tokens and APNs "
+        "certificate of Microsoft Intune tenants.",
+    )
+    parser.add_argument(
+        "--config.file", dest="config_file", default="config.yaml", help="YAML config file."
+    )
+    parser.add_argument(
+        "--web.listen-address",
+        dest="listen_address",
+        default=f":{DEFAULT_PORT}",
+        help="Address to listen on (host:port; no host means every interface).",
+    )
+    parser.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        default=None,
+        help="Exporter-toolkit web config (TLS, basic auth).",
+    )
+    parser.add_argument(
+        "--log.level", dest="log_level", default="info", choices=["debug", "info", "warn", "error"]
+    )
+    parser.add_argument(
+        "--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"]
+    )
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="Validate --config.file (and --web.config.file) and exit 0, or 2 when invalid.",
+    )
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="Run against built-in simulated tenants; needs no config and no credentials.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+async def _run(
+    config: ExporterConfig,
+    web_config: WebConfig | None,
+    host: str | None,
+    port: int,
+    demo_cloud: SimulatedCloud | None,
+) -> None:
+    loop = asyncio.get_running_loop()
+    # MSAL calls block a worker thread each; the default pool (cores + 4) would queue tenants.
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=config.max_concurrency + 4))
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    exporter = Exporter(config, ca_data=demo_cloud.ca_pem if demo_cloud else None)
+    registry = build_registry(IntuneCollector(exporter.store.view, config.poll_interval))
+    middleware = web_config.middleware() if web_config else None
+    app = build_app(exporter.store, registry, middlewares=[middleware] if middleware else [])
+    ssl_context = web_config.ssl_context() if web_config else None
+    runner, bound = await start_site(app, host, port, ssl_context)
+    log.info(
+        "listening",
+        extra={
+            "address": f"{host or ''}:{bound}",
+            "tls": ssl_context is not None,
+            "tenants": len(config.tenants),
+            "version": __version__,
+        },
+    )
+    await exporter.start()
+    try:
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await exporter.close()
+        await runner.cleanup()
+        if demo_cloud is not None:
+            await demo_cloud.stop()
+
+
+async def _run_demo(web_config: WebConfig | None, host: str | None, port: int) -> None:
+    cloud = await start_demo_cloud()
+    config = demo_config(cloud.base_url)
+    log.info(
+        "demo mode: simulated Entra ID and Graph",
+        extra={"simulator": cloud.base_url, "tenants": len(config.tenants)},
+    )
+    await _run(config, web_config, host, port, cloud)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level, args.log_format)
+    try:
+        host, port = parse_listen_address(args.listen_address)
+    except ValueError as exc:
+        print(f"--web.listen-address: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        web_config = load_web_config(args.web_config_file) if args.web_config_file else None
+        config = None if args.demo else load_config(args.config_file)
+    except ConfigError as exc:
+        print(f"invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.check_config:
+        checked = "demo" if config is None else f"{args.config_file}: {len(config.tenants)} tenants"
+        if web_config is not None:
+            checked += f"; {args.web_config_file}: {web_config.summary()}"
+        print(f"configuration is valid ({checked})")
+        return 0
+    with contextlib.suppress(KeyboardInterrupt):
+        if config is None:
+            asyncio.run(_run_demo(web_config, host, port))
+        else:
+            asyncio.run(_run(config, web_config, host, port, None))
+    return 0
+
+
+def run() -> None:
+    """`python -m exporter`."""
+    sys.exit(main())
+
+
+__all__ = ["build_parser", "main", "run"]

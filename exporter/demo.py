@@ -1,0 +1,229 @@
+"""`--demo`: a few simulated tenants whose Apple credentials cover the interesting states.
+
+Everything from MSAL and the Graph client upwards is the real code path: the demo only swaps
+Microsoft's cloud for the simulator on loopback.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Final
+
+from .config import ExporterConfig, parse_config
+from .simulator import SimApp, SimTenant, SimulatedCloud, iso
+
+DEMO_POLL_INTERVAL: Final = 15.0
+DEMO_CLIENT_ID: Final = "5b1f9b5e-7d6c-4c7f-9a4e-2f1d8c3b6a01"
+DEMO_SECRET: Final = "demo-client-secret-not-a-real-one"  # the simulator accepts it; not a secret
+_NAMESPACE: Final = uuid.UUID("0b8e7c7e-4a43-4f0e-8f3c-7c0a7e6d7a10")
+DAY: Final = 86400.0
+HOUR: Final = 3600.0
+
+
+def _id(*parts: str) -> str:
+    return str(uuid.uuid5(_NAMESPACE, "/".join(parts)))
+
+
+def _ade(
+    tenant: str,
+    name: str,
+    now: float,
+    *,
+    expires_in_days: float,
+    synced_ago: float | None = HOUR,
+    error_code: int = 0,
+    devices: int = 120,
+    token_type: str = "dep",  # noqa: S107 - an enum value, not a password,
+) -> dict[str, Any]:
+    return {
+        "@odata.type": "#microsoft.graph.depOnboardingSetting",
+        "id": _id(tenant, "ade", name),
+        "appleIdentifier": f"abm-admin@{tenant}.example",
+        "tokenName": name,
+        "tokenType": token_type,
+        "tokenExpirationDateTime": iso(now + expires_in_days * DAY),
+        "lastModifiedDateTime": iso(now - 200 * DAY),
+        "lastSuccessfulSyncDateTime": iso(now - synced_ago)
+        if synced_ago is not None
+        else "0001-01-01T00:00:00Z",
+        "lastSyncTriggeredDateTime": iso(now - 10 * 60),
+        "lastSyncErrorCode": error_code,
+        "syncedDeviceCount": devices,
+        "shareTokenWithSchoolDataSyncService": False,
+        "dataSharingConsentGranted": True,
+        "roleScopeTagIds": ["0"],
+    }
+
+
+def _vpp(
+    tenant: str,
+    name: str,
+    now: float,
+    *,
+    expires_in_days: float,
+    state: str = "valid",
+    sync_status: str = "completed",
+    synced_ago: float = 6 * HOUR,
+    account_type: str = "business",
+) -> dict[str, Any]:
+    return {
+        "@odata.type": "#microsoft.graph.vppToken",
+        "id": _id(tenant, "vpp", name),
+        "organizationName": f"{tenant.capitalize()} Ltd",
+        "vppTokenAccountType": account_type,
+        "appleId": f"vpp@{tenant}.example",
+        "expirationDateTime": iso(now + expires_in_days * DAY),
+        "lastSyncDateTime": iso(now - synced_ago),
+        "token": f"SECRET-VPP-TOKEN-{uuid.uuid4()}",  # the real secret; the exporter must drop it
+        "lastModifiedDateTime": iso(now - 100 * DAY),
+        "state": state,
+        "tokenActionResults": [],
+        "lastSyncStatus": sync_status,
+        "automaticallyUpdateApps": True,
+        "countryOrRegion": "us",
+        "dataSharingConsentGranted": True,
+        "displayName": name,
+        "locationName": f"{name} location",
+        "claimTokenManagementFromExternalMdm": False,
+        "roleScopeTagIds": ["0"],
+    }
+
+
+def _apns(tenant: str, now: float, *, expires_in_days: float) -> dict[str, Any]:
+    return {
+        "@odata.type": "#microsoft.graph.applePushNotificationCertificate",
+        "id": _id(tenant, "apns"),
+        "appleIdentifier": f"mdm-push@{tenant}.example",
+        "topicIdentifier": f"com.apple.mgmt.External.{_id(tenant, 'topic')}",
+        "lastModifiedDateTime": iso(now - 100 * DAY),
+        "expirationDateTime": iso(now + expires_in_days * DAY),
+        "certificateUploadStatus": "Succeeded",
+        "certificateUploadFailureReason": None,
+        "certificateSerialNumber": _id(tenant, "serial").replace("-", "")[:16].upper(),
+    }
+
+
+def demo_tenants(now: float) -> dict[str, SimTenant]:
+    """The demo's tenants, by name, with data relative to `now`."""
+    app = SimApp(DEMO_CLIENT_ID, secret=DEMO_SECRET)
+    tenants = {
+        "contoso": SimTenant(
+            _id("contoso"),
+            ade_tokens=[_ade("contoso", "Contoso iOS", now, expires_in_days=200)],
+            vpp_tokens=[_vpp("contoso", "Contoso Apps", now, expires_in_days=300)],
+            apns_certificate=_apns("contoso", now, expires_in_days=250),
+        ),
+        "fabrikam": SimTenant(
+            _id("fabrikam"),
+            ade_tokens=[
+                _ade("fabrikam", "Fabrikam iPads", now, expires_in_days=20),
+                _ade("fabrikam", "Fabrikam Macs", now, expires_in_days=5),
+            ],
+            vpp_tokens=[
+                _vpp(
+                    "fabrikam",
+                    "Fabrikam Education",
+                    now,
+                    expires_in_days=-3,
+                    state="expired",
+                    account_type="education",
+                ),
+            ],
+            apns_certificate=_apns("fabrikam", now, expires_in_days=12),
+        ),
+        "northwind": SimTenant(
+            _id("northwind"),
+            ade_tokens=[
+                _ade(
+                    "northwind", "Northwind Shared", now, expires_in_days=-10, synced_ago=11 * DAY
+                ),
+                _ade(
+                    "northwind",
+                    "Northwind School",
+                    now,
+                    expires_in_days=150,
+                    error_code=3,
+                    token_type="appleSchoolManager",
+                ),
+                _ade(
+                    "northwind", "Northwind Loaners", now, expires_in_days=180, synced_ago=3 * DAY
+                ),
+                _ade(
+                    "northwind",
+                    "Northwind Spare",
+                    now,
+                    expires_in_days=300,
+                    synced_ago=None,
+                    devices=0,
+                ),
+            ],
+            vpp_tokens=[
+                _vpp("northwind", "Northwind Retail", now, expires_in_days=90, state="invalid"),
+                _vpp(
+                    "northwind",
+                    "Northwind Kiosk",
+                    now,
+                    expires_in_days=120,
+                    state="assignedToExternalMDM",
+                ),
+                _vpp(
+                    "northwind",
+                    "Northwind Field",
+                    now,
+                    expires_in_days=200,
+                    sync_status="failed",
+                    synced_ago=3 * DAY,
+                ),
+            ],
+            apns_certificate=None,
+        ),
+        "woodgrove": SimTenant(
+            _id("woodgrove"),
+            ade_tokens=[
+                _ade("woodgrove", f"Woodgrove Branch {n:02d}", now, expires_in_days=100 + n * 3)
+                for n in range(1, 46)
+            ],
+            vpp_tokens=[_vpp("woodgrove", "Woodgrove Apps", now, expires_in_days=280)],
+            apns_certificate=_apns("woodgrove", now, expires_in_days=300),
+            page_size=20,
+        ),
+        # Consented, but the exporter is given a wrong secret for it (AADSTS7000215).
+        "tailspin": SimTenant(
+            _id("tailspin"),
+            ade_tokens=[_ade("tailspin", "Tailspin iOS", now, expires_in_days=60)],
+            apns_certificate=_apns("tailspin", now, expires_in_days=200),
+        ),
+    }
+    for tenant in tenants.values():
+        tenant.apps[app.client_id] = app
+    return tenants
+
+
+def demo_config(base_url: str) -> ExporterConfig:
+    """The config a user would write for the demo tenants on the simulator at `base_url`."""
+    raw: dict[str, Any] = {
+        "poll_interval": DEMO_POLL_INTERVAL,
+        "request_timeout": 10,
+        "defaults": {
+            "client_id": DEMO_CLIENT_ID,
+            "client_secret": DEMO_SECRET,
+            "authority_host": base_url,
+            "graph_endpoint": base_url,
+        },
+        "tenants": [
+            {"name": name, "tenant_id": _id(name)}
+            for name in ("contoso", "fabrikam", "northwind", "woodgrove")
+        ]
+        + [{"name": "tailspin", "tenant_id": _id("tailspin"), "client_secret": "expired-secret"}],
+    }
+    return parse_config(raw, "<demo>")
+
+
+async def start_demo_cloud() -> SimulatedCloud:
+    """Start the simulator with the demo tenants on a free loopback port."""
+    cloud = SimulatedCloud()
+    for tenant in demo_tenants(time.time()).values():
+        cloud.add_tenant(tenant)
+    await cloud.start()
+    return cloud
