@@ -170,7 +170,9 @@ class MsalTokenProvider:
             ) from None
         except ValueError as exc:
             # MSAL raises ValueError when OIDC discovery fails, e.g. AADSTS90002 unknown tenant.
-            match = _AADSTS_RE.search(str(exc))
+            # It wraps the discovery failure (with Entra's AADSTS text) as its __context__.
+            chain = f"{exc} {exc.__context__ or ''} {exc.__cause__ or ''}"
+            match = _AADSTS_RE.search(chain)
             code = int(match.group(1)) if match else None
             hint = AADSTS_HINTS.get(code or 0, "authority discovery failed")
             prefix = f"AADSTS{code} " if code else ""

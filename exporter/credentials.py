@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 
 class CredentialFileError(ValueError):
@@ -70,8 +70,11 @@ def load_certificate(path: Path, password: str | None) -> CertificateCredential:
                 "wrong client_certificate_password"
             ) from None
         raise CredentialFileError(f"{str(path)!r} holds no readable PEM private key") from None
-    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
-        raise CredentialFileError(f"the private key in {str(path)!r} is neither RSA nor EC")
+    if not isinstance(key, rsa.RSAPrivateKey):
+        # Entra ID accepts RSA certificates only for app authentication (MSAL signs with PS256).
+        raise CredentialFileError(
+            f"the private key in {str(path)!r} is not RSA; Entra ID needs an RSA certificate"
+        )
     try:
         certs = x509.load_pem_x509_certificates(data)
     except ValueError:

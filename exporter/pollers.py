@@ -101,10 +101,9 @@ class Scheduler:
         """Poll until cancelled."""
         loop = asyncio.get_running_loop()
         start = loop.time()
-        count = max(len(self._pollers), 1)
+        offsets = slot_offsets(len(self._pollers), self._interval)
         async with asyncio.TaskGroup() as group:
-            for index, poller in enumerate(self._pollers):
-                offset = self._interval * index / count
+            for poller, offset in zip(self._pollers, offsets, strict=True):
                 group.create_task(self._run_tenant(poller, start, offset), name=poller.name)
 
     async def run_round(self) -> None:
@@ -121,9 +120,23 @@ class Scheduler:
         due = start + offset + self._interval
         while True:
             now = loop.time()
-            if due <= now:  # the poll overran its slot: skip to the next one, do not pile up
-                missed = int((now - due) // self._interval) + 1
-                due += missed * self._interval
+            due = next_slot(due, now, self._interval)
             await asyncio.sleep(due - now)
             await self._poll(poller)
             due += self._interval
+
+
+def slot_offsets(count: int, interval: float) -> list[float]:
+    """Each tenant's offset within the interval: evenly spread, in config order."""
+    return [interval * index / max(count, 1) for index in range(count)]
+
+
+def next_slot(due: float, now: float, interval: float) -> float:
+    """The slot to poll at: `due`, or when a poll overran it, the next one still ahead.
+
+    Missed slots are skipped rather than run back to back, so a slow Graph does not pile up.
+    """
+    if due > now:
+        return due
+    missed = int((now - due) // interval) + 1
+    return due + missed * interval

@@ -173,7 +173,8 @@ class SimulatedCloud:
 
     def issue_client_certificate(self, common_name: str) -> tuple[str, str]:
         """A client certificate and key (PEM) signed by the CA, for certificate credentials."""
-        cert = self._ca.issue_cert(common_name)
+        # Entra ID takes RSA certificates only for client authentication.
+        cert = self._ca.issue_cert(common_name, key_type=trustme.KeyType.RSA)
         key_pem = cert.private_key_pem.bytes().decode()
         cert_pem = cert.cert_chain_pems[0].bytes().decode()
         return key_pem, cert_pem

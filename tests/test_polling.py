@@ -1,0 +1,573 @@
+"""Polling real MSAL + aiohttp code against the simulated Entra ID and Graph over TLS."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import pytest
+from prometheus_client import generate_latest
+
+from exporter.errors import PollError
+from exporter.graph import RetryPolicy
+from exporter.metrics import IntuneCollector, build_registry
+from exporter.service import Exporter
+from exporter.simulator import (
+    ADE_PATH,
+    INTUNE_FORBIDDEN_MESSAGE,
+    VPP_PATH,
+    Fault,
+    graph_error_body,
+    intune_nested_message,
+)
+
+from .conftest import SECRET, World, one, samples_by_name
+from .graph_data import DAY, NOW, ade_item, apns_item, vpp_item
+
+Samples = dict[str, list[tuple[dict[str, str], float]]]
+
+
+def scrape(exporter: Exporter, clock: Callable[[], float] = time.time) -> Samples:
+    collector = IntuneCollector(exporter.store.view, exporter.config.poll_interval, clock=clock)
+    return samples_by_name(generate_latest(build_registry(collector)).decode())
+
+
+def error_of(exporter: Exporter, tenant: str, collector: str) -> PollError:
+    error = exporter.store.tenant(tenant).collectors[collector].last_error
+    assert error is not None
+    return error
+
+
+async def test_ade_collection_over_several_pages(world: World) -> None:
+    tokens = [ade_item(f"Branch {n:02d}", expires_in_days=10 + n) for n in range(45)]
+    sim = world.add("contoso", ade_tokens=tokens, page_size=20)
+    exporter = await world.exporter(collect=["ade"])
+
+    await exporter.poll_all_once()
+
+    requests = world.cloud.requests_for(sim.tenant_id, ADE_PATH)
+    assert len(requests) == 3
+    first_select = requests[0].query["$select"].split(",")
+    assert "tokenExpirationDateTime" in first_select and "id" in first_select
+    assert "$skiptoken" not in requests[0].query
+    # The nextLink carries $skiptoken (and Graph's copy of our $select).
+    assert all("$skiptoken" in r.query for r in requests[1:])
+    samples = scrape(exporter)
+    names = {labels["token_name"] for labels, _ in samples["intune_ade_token_info"]}
+    assert names == {f"Branch {n:02d}" for n in range(45)}
+    assert one(samples, "intune_tenant_up", tenant="contoso") == 1.0
+
+
+async def test_429_retry_after_is_honoured(world: World) -> None:
+    sim = world.add("contoso", ade_tokens=[ade_item("A")])
+    world.cloud.fail_next(sim.tenant_id, ADE_PATH, Fault(429, headers={"Retry-After": "0.6"}))
+    exporter = await world.exporter(collect=["ade"])
+
+    await exporter.poll_all_once()
+
+    first, second = world.cloud.requests_for(sim.tenant_id, ADE_PATH)
+    assert first.status == 429 and second.status == 200
+    assert second.at - first.at >= 0.6
+    assert exporter.store.tenant("contoso").up
+    samples = scrape(exporter)
+    assert one(samples, "intune_graph_requests_total", tenant="contoso", code="429") == 1.0
+    assert one(samples, "intune_graph_requests_total", tenant="contoso", code="200") == 1.0
+
+
+async def test_503_then_success(world: World) -> None:
+    sim = world.add("contoso", ade_tokens=[ade_item("A")])
+    world.cloud.fail_next(sim.tenant_id, ADE_PATH, Fault(503), Fault(503))
+    exporter = await world.exporter(collect=["ade"])
+
+    await exporter.poll_all_once()
+
+    statuses = [r.status for r in world.cloud.requests_for(sim.tenant_id, ADE_PATH)]
+    assert statuses == [503, 503, 200]
+    assert exporter.store.tenant("contoso").up
+
+
+async def test_throttling_gives_up_after_bounded_attempts(world: World) -> None:
+    sim = world.add("contoso", ade_tokens=[ade_item("A")])
+    world.cloud.fail_next(sim.tenant_id, ADE_PATH, *[Fault(429) for _ in range(10)])
+    retry = RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.05, max_total_wait=1)
+    exporter = await world.exporter(retry=retry, collect=["ade"])
+
+    await exporter.poll_all_once()
+
+    assert len(world.cloud.requests_for(sim.tenant_id, ADE_PATH)) == 3
+    assert error_of(exporter, "contoso", "ade").reason == "throttled"
+    samples = scrape(exporter)
+    assert (
+        one(
+            samples,
+            "intune_tenant_poll_errors_total",
+            tenant="contoso",
+            collector="ade",
+            reason="throttled",
+        )
+        == 1.0
+    )
+
+
+async def test_retry_after_beyond_the_wait_budget_is_not_waited_for(world: World) -> None:
+    sim = world.add("contoso", ade_tokens=[ade_item("A")])
+    world.cloud.fail_next(sim.tenant_id, ADE_PATH, Fault(429, headers={"Retry-After": "3600"}))
+    retry = RetryPolicy(max_attempts=4, base_delay=0.01, max_delay=600, max_total_wait=30)
+    exporter = await world.exporter(retry=retry, collect=["ade"])
+
+    await exporter.poll_all_once()
+
+    assert len(world.cloud.requests_for(sim.tenant_id, ADE_PATH)) == 1
+    assert error_of(exporter, "contoso", "ade").reason == "throttled"
+
+
+async def test_timeout_fails_only_that_collector(world: World) -> None:
+    sim = world.add("contoso", ade_tokens=[ade_item("A")], vpp_tokens=[vpp_item("V")])
+    world.cloud.fail_next(sim.tenant_id, VPP_PATH, Fault(200, body={"value": []}, delay=3))
+    exporter = await world.exporter(request_timeout="0.5s", collect=["ade", "vpp"])
+
+    await exporter.poll_all_once()
+
+    error = error_of(exporter, "contoso", "vpp")
+    assert error.reason == "timeout"
+    assert "0.5s" in error.message
+    state = exporter.store.tenant("contoso")
+    assert state.collectors["ade"].up and not state.up
+
+
+async def test_invalid_json_is_an_invalid_response(world: World) -> None:
+    sim = world.add("contoso", ade_tokens=[ade_item("A")])
+    world.cloud.fail_next(sim.tenant_id, ADE_PATH, Fault(200, body=b"{not json"))
+    exporter = await world.exporter(collect=["ade"])
+
+    await exporter.poll_all_once()
+
+    error = error_of(exporter, "contoso", "ade")
+    assert error.reason == "invalid_response"
+    assert "not JSON" in error.message
+
+
+async def test_a_response_without_value_is_an_invalid_response(world: World) -> None:
+    sim = world.add("contoso", ade_tokens=[ade_item("A")])
+    world.cloud.fail_next(sim.tenant_id, ADE_PATH, Fault(200, body={"items": []}))
+    exporter = await world.exporter(collect=["ade"])
+
+    await exporter.poll_all_once()
+
+    assert error_of(exporter, "contoso", "ade").reason == "invalid_response"
+
+
+async def test_next_link_to_another_host_is_refused(world: World) -> None:
+    sim = world.add("contoso", ade_tokens=[ade_item("A")])
+    page = {"value": [ade_item("A")], "@odata.nextLink": "https://evil.example/beta/x?$skiptoken=1"}
+    world.cloud.fail_next(sim.tenant_id, ADE_PATH, Fault(200, body=page))
+    exporter = await world.exporter(collect=["ade"])
+
+    await exporter.poll_all_once()
+
+    error = error_of(exporter, "contoso", "ade")
+    assert error.reason == "invalid_response" and "outside" in error.message
+    assert len(world.cloud.graph_requests) == 1  # the token never went to evil.example
+
+
+async def test_403_with_intune_nested_error_on_one_collector(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    sim = world.add(
+        "contoso",
+        ade_tokens=[ade_item("A")],
+        vpp_tokens=[vpp_item("V")],
+        apns_certificate=apns_item(),
+    )
+    body = graph_error_body(
+        "Forbidden", intune_nested_message(INTUNE_FORBIDDEN_MESSAGE), request_id="req-42"
+    )
+    world.cloud.fail_next(sim.tenant_id, VPP_PATH, Fault(403, body=body))
+    exporter = await world.exporter()
+    caplog.set_level(logging.WARNING)
+
+    await exporter.poll_all_once()
+
+    error = error_of(exporter, "contoso", "vpp")
+    assert error.reason == "forbidden"
+    assert error.message == (f"HTTP 403 Forbidden: {INTUNE_FORBIDDEN_MESSAGE} (request-id req-42)")
+    assert "_version" not in caplog.text and INTUNE_FORBIDDEN_MESSAGE in caplog.text
+    samples = scrape(exporter)
+    assert one(samples, "intune_tenant_up", tenant="contoso") == 0.0
+    assert one(samples, "intune_tenant_collector_up", tenant="contoso", collector="vpp") == 0.0
+    assert one(samples, "intune_tenant_collector_up", tenant="contoso", collector="ade") == 1.0
+    assert one(samples, "intune_tenant_collector_up", tenant="contoso", collector="apns") == 1.0
+    assert one(samples, "intune_ade_token_sync_error", tenant="contoso", token_name="A") == 0.0
+    assert one(samples, "intune_apns_certificate_configured", tenant="contoso") == 1.0
+    assert (
+        one(
+            samples,
+            "intune_tenant_poll_errors_total",
+            tenant="contoso",
+            collector="vpp",
+            reason="forbidden",
+        )
+        == 1.0
+    )
+    assert "intune_tenant_last_successful_poll_timestamp_seconds" not in samples
+    assert one(
+        samples,
+        "intune_tenant_collector_last_success_timestamp_seconds",
+        tenant="contoso",
+        collector="ade",
+    ) == pytest.approx(time.time(), abs=60)
+
+
+async def test_bad_client_secret_fails_only_its_tenant(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    world.add("good", ade_tokens=[ade_item("G")])
+    world.add("bad", ade_tokens=[ade_item("B")], credential={"client_secret": "wrong-secret"})
+    world.add("also-good", ade_tokens=[ade_item("H")])
+    exporter = await world.exporter(collect=["ade"], max_concurrency=1)
+    caplog.set_level(logging.INFO)
+
+    await exporter.poll_all_once()
+
+    bad = error_of(exporter, "bad", "ade")
+    assert bad.reason == "auth" and "AADSTS7000215" in bad.message
+    assert "invalid client secret" in bad.message
+    assert exporter.store.tenant("good").up and exporter.store.tenant("also-good").up
+    assert any(
+        getattr(record, "aadsts", None) == 7000215 and getattr(record, "tenant", "") == "bad"
+        for record in caplog.records
+    )
+    assert "wrong-secret" not in caplog.text and SECRET not in caplog.text
+    samples = scrape(exporter)
+    assert one(samples, "intune_tenant_up", tenant="bad") == 0.0
+    assert one(samples, "intune_tenant_up", tenant="good") == 1.0
+    assert (
+        one(
+            samples, "intune_tenant_poll_errors_total", tenant="bad", collector="ade", reason="auth"
+        )
+        == 1.0
+    )
+    assert not any(labels["tenant"] == "bad" for labels, _ in samples["intune_ade_token_info"])
+
+
+async def test_unknown_tenant_and_unknown_app_are_auth_failures(world: World) -> None:
+    world.add("contoso", ade_tokens=[ade_item("A")])
+    world.tenants.append(
+        {
+            "name": "ghost",
+            "tenant_id": "deadbeef-0000-0000-0000-000000000000",
+            "client_id": world.tenants[0]["client_id"],
+            "client_secret": SECRET,
+        }
+    )
+    world.tenants.append(
+        {
+            "name": "stranger",
+            "tenant_id": world.tenants[0]["tenant_id"],
+            "client_id": "99999999-0000-0000-0000-000000000000",
+            "client_secret": SECRET,
+        }
+    )
+    exporter = await world.exporter(collect=["ade"])
+
+    await exporter.poll_all_once()
+
+    ghost = error_of(exporter, "ghost", "ade")
+    assert ghost.reason == "auth" and "AADSTS90002" in ghost.message
+    stranger = error_of(exporter, "stranger", "ade")
+    assert stranger.reason == "auth" and "AADSTS700016" in stranger.message
+    assert exporter.store.tenant("contoso").up
+
+
+async def test_one_access_token_serves_every_collector_and_later_polls(world: World) -> None:
+    sim = world.add(
+        "contoso", ade_tokens=[ade_item("A")], vpp_tokens=[vpp_item("V")], apns_certificate=None
+    )
+    exporter = await world.exporter()
+
+    await exporter.poll_all_once()
+    await exporter.poll_all_once()
+
+    assert [r.credential for r in world.cloud.token_requests] == ["secret"]
+    tokens = {r.token for r in world.cloud.requests_for(sim.tenant_id)}
+    assert len(tokens) == 1
+    assert len(world.cloud.requests_for(sim.tenant_id)) == 6
+
+
+async def test_token_expiring_mid_run_is_replaced(world: World) -> None:
+    sim = world.add("contoso", ade_tokens=[ade_item("A")])
+    exporter = await world.exporter(collect=["ade"])
+    await exporter.poll_all_once()
+
+    world.cloud.expire_tokens(sim.tenant_id)  # Graph now rejects the token MSAL cached
+    await exporter.poll_all_once()
+
+    requests = world.cloud.requests_for(sim.tenant_id, ADE_PATH)
+    assert [r.status for r in requests] == [200, 401, 200]
+    assert requests[1].token == requests[0].token != requests[2].token
+    assert len(world.cloud.token_requests) == 2
+    assert exporter.store.tenant("contoso").up
+
+
+async def test_short_lived_tokens_are_renewed_by_msal(world: World) -> None:
+    # MSAL counts a token with under 5 minutes left as expired and fetches a new one.
+    sim = world.add("contoso", ade_tokens=[ade_item("A")], token_lifetime=120)
+    exporter = await world.exporter(collect=["ade"])
+
+    await exporter.poll_all_once()
+    await exporter.poll_all_once()
+
+    assert len(world.cloud.token_requests) == 2
+    first, second = world.cloud.requests_for(sim.tenant_id, ADE_PATH)
+    assert first.token != second.token and second.status == 200
+
+
+async def test_a_repeated_401_is_an_auth_failure(world: World) -> None:
+    sim = world.add("contoso", ade_tokens=[ade_item("A")])
+    unauthorized = graph_error_body("InvalidAuthenticationToken", "Access token has expired.")
+    world.cloud.fail_next(
+        sim.tenant_id, ADE_PATH, Fault(401, body=unauthorized), Fault(401, body=unauthorized)
+    )
+    exporter = await world.exporter(collect=["ade"])
+
+    await exporter.poll_all_once()
+
+    assert len(world.cloud.requests_for(sim.tenant_id, ADE_PATH)) == 2
+    error = error_of(exporter, "contoso", "ade")
+    assert error.reason == "auth" and "InvalidAuthenticationToken" in error.message
+
+
+async def test_last_good_values_stay_and_keep_ageing_after_a_failed_poll(world: World) -> None:
+    sim = world.add("contoso", ade_tokens=[ade_item("A", expires_in_days=20, synced_ago=3600)])
+    exporter = await world.exporter(collect=["ade"])
+    await exporter.poll_all_once()
+    first_success = exporter.store.tenant("contoso").last_success_at
+
+    world.cloud.fail_next(sim.tenant_id, ADE_PATH, Fault(500))
+    await exporter.poll_all_once()
+
+    later = time.time() + 2 * DAY
+    samples = scrape(exporter, clock=lambda: later)
+    assert one(samples, "intune_tenant_up", tenant="contoso") == 0.0
+    days = one(samples, "intune_ade_token_days_to_expiry", token_name="A")
+    assert days == pytest.approx(18.0, abs=0.01)
+    age = one(samples, "intune_ade_token_last_successful_sync_age_seconds", token_name="A")
+    assert age == pytest.approx(2 * DAY + 3600, abs=60)
+    assert one(
+        samples, "intune_tenant_last_successful_poll_timestamp_seconds", tenant="contoso"
+    ) == pytest.approx(first_success)
+    assert error_of(exporter, "contoso", "ade").reason == "http"
+
+
+async def test_a_token_removed_from_graph_disappears(world: World) -> None:
+    sim = world.add("contoso", ade_tokens=[ade_item("Keep"), ade_item("Gone")])
+    exporter = await world.exporter(collect=["ade"])
+    await exporter.poll_all_once()
+    assert len(scrape(exporter)["intune_ade_token_info"]) == 2
+
+    sim.ade_tokens = [t for t in sim.ade_tokens if t["tokenName"] != "Gone"]
+    await exporter.poll_all_once()
+
+    samples = scrape(exporter)
+    assert [labels["token_name"] for labels, _ in samples["intune_ade_token_info"]] == ["Keep"]
+    assert not any(
+        labels["token_name"] == "Gone" for labels, _ in samples["intune_ade_token_days_to_expiry"]
+    )
+
+
+async def test_a_slow_tenant_does_not_hold_up_the_others(world: World) -> None:
+    slow = world.add("slow", ade_tokens=[ade_item("S")])
+    world.add("fast", ade_tokens=[ade_item("F")])
+    world.cloud.fail_next(slow.tenant_id, ADE_PATH, Fault(200, body={"value": []}, delay=1.5))
+    exporter = await world.exporter(collect=["ade"], max_concurrency=2)
+
+    await exporter.poll_all_once()
+
+    slow_state, fast_state = exporter.store.tenant("slow"), exporter.store.tenant("fast")
+    assert slow_state.up and fast_state.up
+    assert fast_state.last_poll_duration is not None and slow_state.last_poll_duration is not None
+    assert fast_state.last_poll_duration < slow_state.last_poll_duration
+    assert slow_state.last_poll_duration >= 1.5
+
+
+async def test_apns_404_is_a_state_not_a_failure(world: World) -> None:
+    world.add("contoso", apns_certificate=None)
+    exporter = await world.exporter(collect=["apns"])
+
+    await exporter.poll_all_once()
+
+    samples = scrape(exporter)
+    assert exporter.store.tenant("contoso").up
+    assert one(samples, "intune_apns_certificate_configured", tenant="contoso") == 0.0
+    assert "intune_apns_certificate_days_to_expiry" not in samples
+    assert "intune_apns_certificate_info" not in samples
+    assert one(samples, "intune_graph_requests_total", tenant="contoso", code="404") == 1.0
+
+
+async def test_apns_fields_mapping(world: World) -> None:
+    world.add("contoso", apns_certificate=apns_item(expires_in_days=12))
+    exporter = await world.exporter(collect=["apns"])
+
+    await exporter.poll_all_once()
+
+    samples = scrape(exporter)
+    assert one(samples, "intune_apns_certificate_configured", tenant="contoso") == 1.0
+    ((info_labels, value),) = samples["intune_apns_certificate_info"]
+    assert value == 1.0
+    assert info_labels == {
+        "tenant": "contoso",
+        "apple_id": "push@contoso.example",
+        "topic_id": "com.apple.mgmt.External.1234abcd",
+        "serial_number": "6A1B2C3D4E5F6071",
+    }
+    expiry = one(samples, "intune_apns_certificate_expiry_timestamp_seconds", tenant="contoso")
+    assert expiry == pytest.approx(NOW + 12 * DAY, abs=0.001)
+    days = one(samples, "intune_apns_certificate_days_to_expiry", apple_id="push@contoso.example")
+    assert days == pytest.approx(12 - (time.time() - NOW) / DAY, abs=0.001)
+
+
+async def test_ade_field_mapping(world: World) -> None:
+    world.add(
+        "contoso",
+        ade_tokens=[
+            ade_item(
+                "School",
+                expires_in_days=-2,
+                error_code=3,
+                devices=7,
+                token_type="appleSchoolManager",
+                synced_ago=None,
+                triggered_ago=None,
+            ),
+            ade_item("Future", token_type="somethingNew", apple_id="x@y.example"),
+        ],
+    )
+    exporter = await world.exporter(collect=["ade"])
+
+    await exporter.poll_all_once()
+
+    samples = scrape(exporter)
+    school = {"tenant": "contoso", "token_name": "School"}
+    info = [labels for labels, _ in samples["intune_ade_token_info"]]
+    assert {"apple_id": "abm@contoso.example", "token_type": "appleSchoolManager"}.items() <= next(
+        i for i in info if i["token_name"] == "School"
+    ).items()
+    assert next(i for i in info if i["token_name"] == "Future")["token_type"] == "somethingNew"
+    assert one(samples, "intune_ade_token_sync_error", **school) == 1.0
+    assert one(samples, "intune_ade_token_last_sync_error_code", **school) == 3.0
+    assert one(samples, "intune_ade_token_synced_devices", **school) == 7.0
+    assert one(samples, "intune_ade_token_days_to_expiry", **school) < -1.99
+    assert one(samples, "intune_ade_token_expiry_timestamp_seconds", **school) == pytest.approx(
+        NOW - 2 * DAY, abs=0.001
+    )
+    never = [
+        labels["token_name"]
+        for name in (
+            "intune_ade_token_last_successful_sync_timestamp_seconds",
+            "intune_ade_token_last_successful_sync_age_seconds",
+            "intune_ade_token_last_sync_triggered_timestamp_seconds",
+        )
+        for labels, _ in samples[name]
+    ]
+    assert never == ["Future", "Future", "Future"]  # "School" never synced: absent, not 0
+    assert one(samples, "intune_ade_token_sync_error", token_name="Future") == 0.0
+
+
+async def test_vpp_field_mapping_states_and_secret(world: World) -> None:
+    world.add(
+        "contoso",
+        vpp_tokens=[
+            vpp_item("Valid"),
+            vpp_item("Expired", state="expired", expires_in_days=-1),
+            vpp_item("Invalid", state="invalid"),
+            vpp_item("External", state="assignedToExternalMDM"),
+            vpp_item("Failing", sync_status="failed"),
+            vpp_item("Weird", state="somethingApple2027"),
+            vpp_item("", display_name="", organization="Org Only Ltd", synced_ago=None),
+        ],
+    )
+    exporter = await world.exporter(collect=["vpp"])
+
+    await exporter.poll_all_once()
+
+    samples = scrape(exporter)
+    requests = world.cloud.requests_for(world.cloud.graph_requests[0].tenant_id or "", VPP_PATH)
+    assert "token" not in requests[0].query["$select"].split(",")
+
+    def state_of(name: str) -> dict[str, float]:
+        return {
+            labels["state"]: value
+            for labels, value in samples["intune_vpp_token_state"]
+            if labels["token_name"] == name
+        }
+
+    known = {
+        "unknown",
+        "valid",
+        "expired",
+        "invalid",
+        "assignedToExternalMDM",
+        "duplicateLocationId",
+    }
+    assert set(state_of("Valid")) == known and state_of("Valid")["valid"] == 1.0
+    assert sum(state_of("Valid").values()) == 1.0
+    assert state_of("Expired")["expired"] == 1.0
+    assert state_of("Invalid")["invalid"] == 1.0
+    assert state_of("External")["assignedToExternalMDM"] == 1.0
+    assert set(state_of("Weird")) == known | {"somethingApple2027"}
+    assert state_of("Weird")["somethingApple2027"] == 1.0
+    assert one(samples, "intune_vpp_token_sync_error", token_name="Failing") == 1.0
+    assert one(samples, "intune_vpp_token_sync_error", token_name="Valid") == 0.0
+    assert one(samples, "intune_vpp_token_days_to_expiry", token_name="Expired") < -0.99
+    info = next(
+        labels for labels, _ in samples["intune_vpp_token_info"] if labels["token_name"] == "Valid"
+    )
+    assert info == {
+        "tenant": "contoso",
+        "token_id": info["token_id"],
+        "token_name": "Valid",
+        "apple_id": "vpp@contoso.example",
+        "organization_name": "Contoso Ltd",
+        "account_type": "business",
+        "location_name": "Contoso HQ",
+    }
+    # token_name falls back to organizationName when displayName is empty.
+    assert one(samples, "intune_vpp_token_sync_error", token_name="Org Only Ltd") == 0.0
+    assert not any(
+        labels["token_name"] == "Org Only Ltd"
+        for labels, _ in samples["intune_vpp_token_last_sync_age_seconds"]
+    )
+    assert one(
+        samples, "intune_vpp_token_last_sync_age_seconds", token_name="Valid"
+    ) == pytest.approx(7200 + time.time() - NOW, abs=5)
+    text = generate_latest(build_registry(IntuneCollector(exporter.store.view, 600))).decode()
+    assert "VPP-SECRET-TOKEN" not in text
+    assert "VPP-SECRET-TOKEN" not in repr(exporter.store.view())
+
+
+async def test_ca_file_is_trusted_even_with_ca_bundle_variables(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Many corporate hosts (and these CI machines) point these at the system bundle; requests
+    # would let them override a session's verify, and the private CA would stop being trusted.
+    for variable in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE"):
+        monkeypatch.setenv(variable, "/etc/ssl/certs/ca-certificates.crt")
+    world.add("contoso", ade_tokens=[ade_item("A")])
+    exporter = await world.exporter(collect=["ade"])
+
+    await exporter.poll_all_once()
+
+    assert exporter.store.tenant("contoso").up, exporter.store.tenant("contoso").collectors
+
+
+async def test_without_the_ca_tls_verification_fails(world: World) -> None:
+    world.add("contoso", ade_tokens=[ade_item("A")])
+    world.tenants[0]["ca_file"] = "/etc/ssl/certs/ca-certificates.crt"
+    exporter = await world.exporter(collect=["ade"])
+
+    await exporter.poll_all_once()
+
+    error = error_of(exporter, "contoso", "ade")
+    assert error.reason == "network"
+    assert world.cloud.token_requests == []
