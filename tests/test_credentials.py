@@ -1,4 +1,4 @@
-"""Each kind of app credential, checked by the simulated token endpoint; secrets stay out of logs."""
+"""Each kind of app credential, checked by the simulated token endpoint; no secret in logs."""
 
 from __future__ import annotations
 
