@@ -699,8 +699,9 @@ class _BasicAuth:
         self._mac_key = secrets.token_bytes(32)
         self._ok = _LRU(_SUCCESS_CACHE_SIZE)
         self._failed = _LRU(_FAILURE_CACHE_SIZE)
-        max_cost = max(int(h[4:6]) for _, h in self._users)
-        self._dummy_hash = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(max_cost))
+        self._max_cost = max(int(h[4:6]) for _, h in self._users)
+        # Made on first use, in the worker thread: at a high cost it takes a second or more.
+        self._dummy_hash: bytes | None = None
         self._inflight: dict[bytes, asyncio.Future[bool]] = {}
         self._bcrypt_lock: asyncio.Lock | None = None
 
@@ -760,10 +761,16 @@ class _BasicAuth:
         if self._bcrypt_lock is None:
             self._bcrypt_lock = asyncio.Lock()
         async with self._bcrypt_lock:
-            ok = await asyncio.to_thread(
-                bcrypt.checkpw, password, hashed if hashed is not None else self._dummy_hash
-            )
+            ok = await asyncio.to_thread(self._checkpw, password, hashed)
         return ok and hashed is not None
+
+    def _checkpw(self, password: bytes, hashed: bytes | None) -> bool:
+        if hashed is None:
+            if self._dummy_hash is None:
+                salt = bcrypt.gensalt(self._max_cost)
+                self._dummy_hash = bcrypt.hashpw(secrets.token_bytes(16), salt)
+            hashed = self._dummy_hash
+        return bcrypt.checkpw(password, hashed)
 
 
 def _parse_basic(header: str | None) -> tuple[bytes, bytes] | None:
