@@ -86,9 +86,10 @@ async def start_site(
     ssl_context: ssl.SSLContext | None = None,
 ) -> tuple[web.AppRunner, int]:
     """Listen on `host:port`; returns the runner and the bound port (useful with port 0)."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # A short shutdown grace: SIGTERM must end the process within a few seconds.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=ssl_context, shutdown_timeout=2.0)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     await site.start()
     bound = int(runner.addresses[0][1]) if runner.addresses else port
     return runner, bound

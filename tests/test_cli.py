@@ -1,0 +1,196 @@
+"""The console script as a user runs it: --demo end to end, signals, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from exporter.metrics import metric_specs
+
+from .conftest import one, samples_by_name
+
+DEADLINE = 30.0
+
+
+class Running:
+    """A started exporter process and the address it bound."""
+
+    def __init__(self, process: subprocess.Popen[str], log_path: Path) -> None:
+        self.process = process
+        self.log_path = log_path
+        self.base = ""
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_for_log(self, pattern: str) -> re.Match[str]:
+        deadline = time.monotonic() + DEADLINE
+        while time.monotonic() < deadline:
+            if match := re.search(pattern, self.log()):
+                return match
+            assert self.process.poll() is None, f"exporter exited early:\n{self.log()}"
+            time.sleep(0.05)
+        raise AssertionError(f"no {pattern!r} in the log within {DEADLINE}s:\n{self.log()}")
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(self.base + path, timeout=5) as response:  # noqa: S310
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + DEADLINE
+        while time.monotonic() < deadline:
+            if self.get("/-/ready")[0] == 200:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"not ready within {DEADLINE}s:\n{self.log()}")
+
+
+def start(tmp_path: Path, *args: str) -> Running:
+    log_path = tmp_path / "exporter.log"
+    log_file = log_path.open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "--web.listen-address=127.0.0.1:0", *args],
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    running = Running(process, log_path)
+    # logfmt `msg=listening address=127.0.0.1:N` or JSON `"msg": "listening", "address": "..."`
+    match = running.wait_for_log(r'listening"?,? "?address"?[=:] ?"?127\.0\.0\.1:(\d+)')
+    running.base = f"http://127.0.0.1:{match.group(1)}"
+    return running
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> Iterator[Running]:
+    running = start(tmp_path, "--demo")
+    yield running
+    if running.process.poll() is None:
+        running.process.kill()
+        running.process.wait()
+
+
+def test_demo_serves_every_metric(demo: Running) -> None:
+    demo.wait_ready()
+    status, text = demo.get("/metrics")
+    assert status == 200
+    samples = samples_by_name(text)
+    exposed = {name.removesuffix("_total") for name in samples} | set(samples)
+    missing = [spec.name for spec in metric_specs() if spec.name not in exposed]
+    assert missing == []
+    # The demo's scenarios, as the issue lists them.
+    assert one(samples, "intune_ade_token_days_to_expiry", token_name="Contoso iOS") > 199
+    assert 19 < one(samples, "intune_ade_token_days_to_expiry", token_name="Fabrikam iPads") < 20
+    assert 4 < one(samples, "intune_ade_token_days_to_expiry", token_name="Fabrikam Macs") < 5
+    assert one(samples, "intune_ade_token_days_to_expiry", token_name="Northwind Shared") < -9
+    assert one(samples, "intune_ade_token_last_sync_error_code", token_name="Northwind School") == 3
+    assert (
+        one(
+            samples,
+            "intune_ade_token_last_successful_sync_age_seconds",
+            token_name="Northwind Loaners",
+        )
+        > 3 * 86400 - 60
+    )
+    assert not any(
+        labels["token_name"] == "Northwind Spare"
+        for labels, _ in samples["intune_ade_token_last_successful_sync_age_seconds"]
+    )
+    woodgrove = [
+        labels for labels, _ in samples["intune_ade_token_info"] if labels["tenant"] == "woodgrove"
+    ]
+    assert len(woodgrove) == 45
+    assert one(samples, "intune_tenant_up", tenant="tailspin") == 0.0
+    assert (
+        one(
+            samples,
+            "intune_tenant_poll_errors_total",
+            tenant="tailspin",
+            collector="ade",
+            reason="auth",
+        )
+        >= 1
+    )
+    for tenant in ("contoso", "fabrikam", "northwind", "woodgrove"):
+        assert one(samples, "intune_tenant_up", tenant=tenant) == 1.0
+    for token, state in (
+        ("Contoso Apps", "valid"),
+        ("Fabrikam Education", "expired"),
+        ("Northwind Retail", "invalid"),
+        ("Northwind Kiosk", "assignedToExternalMDM"),
+    ):
+        assert one(samples, "intune_vpp_token_state", token_name=token, state=state) == 1.0
+    assert one(samples, "intune_vpp_token_sync_error", token_name="Northwind Field") == 1.0
+    assert one(samples, "intune_apns_certificate_configured", tenant="northwind") == 0.0
+    assert 11 < one(samples, "intune_apns_certificate_days_to_expiry", tenant="fabrikam") < 12
+    assert "SECRET-VPP-TOKEN" not in text
+
+
+def test_sigterm_shuts_down_cleanly(demo: Running) -> None:
+    demo.wait_ready()
+    demo.process.send_signal(signal.SIGTERM)
+    assert demo.process.wait(timeout=10) == 0
+    assert "shutting down" in demo.log()
+    assert "Traceback" not in demo.log()
+
+
+def test_sigint_shuts_down_cleanly(demo: Running) -> None:
+    demo.process.send_signal(signal.SIGINT)
+    assert demo.process.wait(timeout=10) == 0
+    assert "Traceback" not in demo.log()
+
+
+def test_json_logs(tmp_path: Path) -> None:
+    running = start(tmp_path, "--demo", "--log.format=json")
+    try:
+        running.wait_ready()
+        running.wait_for_log(r'"aadsts": 7000215')
+    finally:
+        running.process.send_signal(signal.SIGTERM)
+        running.process.wait(timeout=10)
+    lines = [json.loads(line) for line in running.log().splitlines() if line.strip()]
+    auth = next(line for line in lines if line.get("aadsts") == 7000215)
+    assert auth["tenant"] == "tailspin" and auth["reason"] == "auth" and auth["level"] == "warn"
+    assert {"ts", "level", "logger", "msg"} <= set(lines[0])
+
+
+def test_invalid_config_exits_2_without_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("tenants:\n  - name: x\n    tenant_id: not-a-guid\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", f"--config.file={config}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert f"{config}: tenants[0].tenant_id: 'not-a-guid' is not a GUID" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_config_on_the_demo(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "--demo", "--check-config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "configuration is valid" in result.stdout

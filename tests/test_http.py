@@ -1,0 +1,203 @@
+"""The HTTP endpoints: /metrics parsed back value by value, readiness, health, status page."""
+
+from __future__ import annotations
+
+import gzip
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from exporter.metrics import IntuneCollector, build_registry
+from exporter.server import build_app, parse_listen_address, start_site
+from exporter.service import Exporter
+from exporter.simulator import ADE_PATH, Fault
+
+from .conftest import World, one, samples_by_name
+from .graph_data import DAY, NOW, VPP_SECRET_PREFIX, ade_item, apns_item, vpp_item
+
+
+async def serve(exporter: Exporter) -> tuple[web.AppRunner, str]:
+    registry = build_registry(IntuneCollector(exporter.store.view, exporter.config.poll_interval))
+    runner, port = await start_site(build_app(exporter.store, registry), "127.0.0.1", 0)
+    return runner, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def test_metrics_endpoint_values(world: World, http: aiohttp.ClientSession) -> None:
+    world.add(
+        "contoso",
+        ade_tokens=[ade_item("Contoso iOS", expires_in_days=20, synced_ago=7200, devices=412)],
+        vpp_tokens=[vpp_item("Contoso Apps", state="invalid", expires_in_days=90)],
+        apns_certificate=apns_item(expires_in_days=12),
+    )
+    exporter = await world.exporter(poll_interval="5m")
+    await exporter.poll_all_once()
+    runner, base = await serve(exporter)
+    try:
+        async with http.get(f"{base}/metrics") as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            samples = samples_by_name(await response.text())
+    finally:
+        await runner.cleanup()
+
+    elapsed_days = (time.time() - NOW) / DAY
+    ade = {"tenant": "contoso", "token_name": "Contoso iOS"}
+    assert one(samples, "intune_ade_token_days_to_expiry", **ade) == pytest.approx(
+        20 - elapsed_days, abs=0.001
+    )
+    assert one(samples, "intune_ade_token_expiry_timestamp_seconds", **ade) == pytest.approx(
+        NOW + 20 * DAY, abs=0.001
+    )
+    assert one(samples, "intune_ade_token_last_successful_sync_age_seconds", **ade) == (
+        pytest.approx(7200 + elapsed_days * DAY, abs=5)
+    )
+    assert one(samples, "intune_ade_token_synced_devices", **ade) == 412.0
+    assert one(samples, "intune_ade_token_sync_error", **ade) == 0.0
+    assert one(samples, "intune_ade_token_last_sync_error_code", **ade) == 0.0
+    assert one(samples, "intune_ade_token_info", **ade, token_type="dep") == 1.0
+    assert one(samples, "intune_vpp_token_state", token_name="Contoso Apps", state="invalid") == 1.0
+    assert one(samples, "intune_vpp_token_days_to_expiry", token_name="Contoso Apps") == (
+        pytest.approx(90 - elapsed_days, abs=0.001)
+    )
+    assert one(samples, "intune_apns_certificate_days_to_expiry", tenant="contoso") == (
+        pytest.approx(12 - elapsed_days, abs=0.001)
+    )
+    assert one(samples, "intune_tenant_info", tenant="contoso", cloud="global") == 1.0
+    assert one(samples, "intune_tenant_up", tenant="contoso") == 1.0
+    assert one(samples, "intune_tenant_polls_total", tenant="contoso") == 1.0
+    assert one(samples, "intune_graph_requests_total", tenant="contoso", code="200") == 3.0
+    assert one(samples, "intune_exporter_poll_interval_seconds") == 300.0
+    assert one(samples, "intune_tenant_poll_duration_seconds", tenant="contoso") > 0
+    for collector in ("ade", "vpp", "apns"):
+        for reason in ("auth", "forbidden"):  # pre-created so increase() sees the first error
+            assert (
+                one(
+                    samples,
+                    "intune_tenant_poll_errors_total",
+                    tenant="contoso",
+                    collector=collector,
+                    reason=reason,
+                )
+                == 0.0
+            )
+    ((labels, value),) = samples["intune_exporter_build_info"]
+    assert value == 1.0 and labels["version"]
+
+
+async def test_metrics_negotiates_openmetrics_and_gzip(
+    world: World, http: aiohttp.ClientSession
+) -> None:
+    world.add("contoso", ade_tokens=[ade_item("A")])
+    exporter = await world.exporter(collect=["ade"])
+    await exporter.poll_all_once()
+    runner, base = await serve(exporter)
+    try:
+        headers = {"Accept": "application/openmetrics-text; version=1.0.0"}
+        async with http.get(f"{base}/metrics", headers=headers) as response:
+            assert response.headers["Content-Type"].startswith("application/openmetrics-text")
+            body = await response.text()
+        assert body.rstrip().endswith("# EOF")
+        assert "intune_ade_token_days_to_expiry{" in body
+        async with http.get(
+            f"{base}/metrics", headers={"Accept-Encoding": "gzip"}, auto_decompress=False
+        ) as response:
+            assert response.headers["Content-Encoding"] == "gzip"
+            text = gzip.decompress(await response.read()).decode()
+        assert 'intune_tenant_up{tenant="contoso"} 1.0' in text
+    finally:
+        await runner.cleanup()
+
+
+async def test_ready_only_after_every_tenant_finished_its_first_poll(
+    world: World, http: aiohttp.ClientSession
+) -> None:
+    world.add("ok", ade_tokens=[ade_item("A")])
+    world.add("failing", ade_tokens=[ade_item("B")], credential={"client_secret": "wrong"})
+    exporter = await world.exporter(collect=["ade"])
+    runner, base = await serve(exporter)
+    try:
+        async with http.get(f"{base}/-/ready") as response:
+            assert response.status == 503
+            assert "0 of 2" in await response.text()
+        async with http.get(f"{base}/-/healthy") as response:
+            assert response.status == 200
+        async with http.get(f"{base}/metrics") as response:
+            before = samples_by_name(await response.text())
+        assert one(before, "intune_tenant_up", tenant="ok") == 0.0  # present from start-up
+        assert one(before, "intune_tenant_up", tenant="failing") == 0.0
+
+        await exporter.poll_all_once()  # one tenant fails: ready all the same
+
+        async with http.get(f"{base}/-/ready") as response:
+            assert response.status == 200
+    finally:
+        await runner.cleanup()
+
+
+async def test_status_page_lists_everything_escaped_and_without_secrets(
+    world: World, http: aiohttp.ClientSession
+) -> None:
+    sim = world.add(
+        "contoso",
+        ade_tokens=[
+            ade_item("<script>alert(1)</script>", expires_in_days=-3),
+            ade_item("School & Co", error_code=3, expires_in_days=100),
+        ],
+        vpp_tokens=[vpp_item("Apps", state="invalid")],
+        apns_certificate=None,
+    )
+    world.add("broken", ade_tokens=[], credential={"client_secret": "wrong-Hh72"})
+    exporter = await world.exporter()
+    await exporter.poll_all_once()
+    world.cloud.fail_next(sim.tenant_id, ADE_PATH, Fault(500))
+    runner, base = await serve(exporter)
+    try:
+        async with http.get(f"{base}/") as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"].startswith("text/html")
+            page = await response.text()
+    finally:
+        await runner.cleanup()
+
+    assert "<script>alert(1)</script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "School &amp; Co" in page
+    assert 'class="expired' in page
+    assert "sync error code 3: new Apple Business/School Manager terms" in page
+    assert "state invalid" in page
+    assert "not configured in this tenant" in page
+    assert "AADSTS7000215" in page  # the failing tenant says why
+    assert "https://learn.microsoft.com/intune/device-enrollment/apple/setup-apple-token" in page
+    assert "https://learn.microsoft.com/mem/intune/apps/vpp-apps-ios" in page
+    assert "wrong-Hh72" not in page and VPP_SECRET_PREFIX not in page
+    # Soonest expiry first: the expired token comes before the healthy one.
+    assert page.index("&lt;script&gt;") < page.index("School &amp; Co")
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        (":9893", (None, 9893)),
+        ("0.0.0.0:9893", ("0.0.0.0", 9893)),
+        ("127.0.0.1:0", ("127.0.0.1", 0)),
+        ("[::1]:9100", ("::1", 9100)),
+        ("localhost:80", ("localhost", 80)),
+    ],
+)
+def test_parse_listen_address(address: str, expected: tuple[str | None, int]) -> None:
+    assert parse_listen_address(address) == expected
+
+
+@pytest.mark.parametrize("address", ["9893", "host:port", ":70000", ""])
+def test_parse_listen_address_rejects(address: str) -> None:
+    with pytest.raises(ValueError, match="port|host:port"):
+        parse_listen_address(address)
