@@ -45,7 +45,7 @@ class Running:
 
     def get(self, path: str) -> tuple[int, str]:
         try:
-            with urllib.request.urlopen(self.base + path, timeout=5) as response:  # noqa: S310
+            with urllib.request.urlopen(self.base + path, timeout=5) as response:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as error:
             return error.code, error.read().decode()

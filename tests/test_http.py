@@ -199,5 +199,5 @@ def test_parse_listen_address(address: str, expected: tuple[str | None, int]) ->
 
 @pytest.mark.parametrize("address", ["9893", "host:port", ":70000", ""])
 def test_parse_listen_address_rejects(address: str) -> None:
-    with pytest.raises(ValueError, match="port|host:port"):
+    with pytest.raises(ValueError, match=r"port|host:port"):
         parse_listen_address(address)
