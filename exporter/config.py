@@ -7,6 +7,7 @@ the key path (``tenants[2].client_id``) and the problem. Secret values never app
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import ssl
@@ -59,6 +60,7 @@ class ConfigError(Exception):
 _DURATION_RE: Final = re.compile(
     r"^(?:(?P<d>\d+)d)?(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?(?:(?P<s>\d+(?:\.\d+)?)s)?(?:(?P<ms>\d+)ms)?$"
 )
+_NUMBER_RE: Final = re.compile(r"^\d+(?:\.\d+)?$")
 _UNIT_SECONDS: Final = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
 
@@ -66,6 +68,8 @@ def parse_duration(value: object) -> float:
     """Parse a Prometheus-style duration ("90s", "10m", "1h30m", "500ms") or a number of seconds."""
     if isinstance(value, bool):
         raise ValueError("is not a duration")
+    if isinstance(value, str) and _NUMBER_RE.match(value.strip()):
+        value = float(value)  # "120" from ${VAR} is a number of seconds, as 120 would be
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str) and (match := _DURATION_RE.match(value.strip())) and value.strip():
@@ -78,6 +82,8 @@ def parse_duration(value: object) -> float:
         raise ValueError(
             f"{value!r} is not a duration; write it like 30s, 10m, 1h30m or a number of seconds"
         )
+    if not math.isfinite(seconds):
+        raise ValueError("must be a finite duration")
     if seconds <= 0:
         raise ValueError("must be longer than zero")
     return seconds
@@ -122,11 +128,21 @@ def _guid(value: object) -> object:
 Guid = Annotated[str, BeforeValidator(_guid)]
 
 
+def _not_bool(value: object) -> object:
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true/false")
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_not_bool)]
+
+
 def _https_base(value: str, key: str) -> str:
     """Normalise a host or https URL to ``https://host[:port]`` with no path."""
-    text = value.strip().rstrip("/")
+    text = value.strip()
     if "://" not in text:
         text = "https://" + text
+    text = text.rstrip("/")
     parts = urlsplit(text)
     if parts.scheme != "https":
         raise ValueError(f"{key} must use https, not {parts.scheme!r}")
@@ -221,7 +237,7 @@ class ExporterConfig(BaseModel):
 
     poll_interval: Duration = 600.0
     request_timeout: Duration = 30.0
-    max_concurrency: int = Field(default=16, ge=1, le=1024)
+    max_concurrency: Count = Field(default=16, ge=1, le=1024)
     collect: Collectors = Field(default_factory=_all_collectors)
     tenants: tuple[TenantConfig, ...] = Field(min_length=1)
 
@@ -282,6 +298,13 @@ def _merge_defaults(raw: dict[str, Any], file: str) -> tuple[dict[str, Any], dic
                 "unknown key" if key not in TenantConfig.model_fields else "cannot be a default"
             )
             raise ConfigError(file, f"defaults.{key}", problem)
+    default_credentials = [key for key in CREDENTIAL_KEYS if key in defaults]
+    if len(default_credentials) > 1:
+        raise ConfigError(
+            file,
+            "defaults",
+            f"two credentials given ({' and '.join(default_credentials)}); keep exactly one",
+        )
     tenants = raw.get("tenants")
     inherited: dict[int, set[str]] = {}
     if not isinstance(tenants, list):
@@ -329,21 +352,56 @@ def _check_files(config: ExporterConfig, file: str, inherited: dict[int, set[str
                 raise ConfigError(file, where("client_certificate_file"), str(exc)) from None
         if tenant.ca_file is not None:
             try:
-                ssl.create_default_context().load_verify_locations(cafile=str(tenant.ca_file))
-            except (OSError, ssl.SSLError) as exc:
-                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "no PEM CA"
+                ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(
+                    cafile=str(tenant.ca_file)
+                )
+            except ssl.SSLError:
+                raise ConfigError(
+                    file, where("ca_file"), f"{str(tenant.ca_file)!r} holds no PEM CA certificate"
+                ) from None
+            except OSError as exc:
+                reason = exc.strerror or "cannot be read"
                 raise ConfigError(
                     file, where("ca_file"), f"{str(tenant.ca_file)!r} cannot be loaded: {reason}"
                 ) from None
 
 
-def parse_config(raw: object, file: str) -> ExporterConfig:
-    """Validate an already-parsed YAML document; `file` is only used in error messages."""
+PATH_KEYS: Final = (
+    "client_secret_file",
+    "client_certificate_file",
+    "federated_token_file",
+    "ca_file",
+)
+
+
+def _resolve_paths(raw: dict[str, Any], base_dir: Path) -> None:
+    """Relative file paths are relative to the config file's folder, as in Prometheus."""
+    sections = [raw.get("defaults")]
+    tenants = raw.get("tenants")
+    if isinstance(tenants, list):
+        sections.extend(tenants)
+    for section in sections:
+        if not isinstance(section, dict):
+            continue
+        for key in PATH_KEYS:
+            value = section.get(key)
+            if isinstance(value, str) and value and not os.path.isabs(value):
+                section[key] = str(base_dir / value)
+
+
+def parse_config(raw: object, file: str, base_dir: Path | None = None) -> ExporterConfig:
+    """Validate an already-parsed YAML document.
+
+    `file` names the source in error messages; relative file paths are taken from `base_dir`
+    (the config file's folder) when given, else from the working directory.
+    """
     if raw is None:
         raise ConfigError(file, "", "the file is empty")
     if not isinstance(raw, dict):
         raise ConfigError(file, "", "the top level must be a mapping of keys")
     substituted = _substitute_env(raw, (), file)
+    if base_dir is not None:
+        _resolve_paths(substituted, base_dir)
     merged, inherited = _merge_defaults(substituted, file)
     try:
         config = ExporterConfig.model_validate(merged)
@@ -390,7 +448,7 @@ def load_config(path: str | os.PathLike[str]) -> ExporterConfig:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "syntax error"
         raise ConfigError(file, "", f"invalid YAML{where}: {problem}") from None
-    config = parse_config(raw, file)
+    config = parse_config(raw, file, Path(path).resolve().parent)
     if config.poll_interval < MIN_SANE_POLL_INTERVAL:
         log.warning(
             "poll_interval is under a minute; Apple tokens change daily at most, and Intune "

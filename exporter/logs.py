@@ -58,9 +58,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(_fields(record), default=str)
 
 
-def configure_logging(level: str, fmt: str, stream: TextIO = sys.stderr) -> None:
-    """Send every log record to `stream` in `fmt` ("logfmt" or "json") from `level` up."""
-    handler = logging.StreamHandler(stream)
+def configure_logging(level: str, fmt: str, stream: TextIO | None = None) -> None:
+    """Send every log record to `stream` (stderr) in `fmt` ("logfmt" or "json") from `level` up."""
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
