@@ -112,7 +112,11 @@ class Scheduler:
 
     async def _poll(self, poller: TenantPoller) -> None:
         async with self._semaphore:
-            await poller.poll_once()
+            try:
+                await poller.poll_once()
+            except Exception:
+                # Never let one tenant's bug end the task group that polls every tenant.
+                log.exception("poll crashed", extra={"tenant": poller.name})
 
     async def _run_tenant(self, poller: TenantPoller, start: float, offset: float) -> None:
         loop = asyncio.get_running_loop()
