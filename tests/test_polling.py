@@ -571,3 +571,30 @@ async def test_without_the_ca_tls_verification_fails(world: World) -> None:
     error = error_of(exporter, "contoso", "ade")
     assert error.reason == "network"
     assert world.cloud.token_requests == []
+
+
+async def test_a_collector_bug_costs_one_collector_one_poll(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    from exporter.collectors import COLLECTORS
+    from exporter.pollers import TenantPoller
+
+    class Broken:
+        name = "vpp"
+        metrics = COLLECTORS["vpp"].metrics
+
+        async def fetch(self, graph: object) -> tuple[object, ...]:
+            raise RuntimeError("boom")
+
+    world.add("contoso", ade_tokens=[ade_item("A")])
+    exporter = await world.exporter(collect=["ade", "vpp"])
+    graph = exporter._scheduler._pollers[0]._graph  # type: ignore[union-attr]
+    poller = TenantPoller("contoso", [COLLECTORS["ade"], Broken()], graph, exporter.store)  # type: ignore[list-item]
+
+    state = await poller.poll_once()
+
+    assert state.collectors["ade"].up
+    error = state.collectors["vpp"].last_error
+    assert error is not None
+    assert (error.reason, error.message) == ("invalid_response", "internal error: RuntimeError")
+    assert "unexpected error in a collector" in caplog.text
