@@ -20,4 +20,20 @@ APNS_RENEW: Final = (
     "https://learn.microsoft.com/mem/intune/enrollment/apple-mdm-push-certificate-get"
 )
 
-ALL: Final = (ADE_RENEW, ADE_RENEW_SEED, ADE_SYNC_TROUBLESHOOTING, VPP_RENEW, APNS_RENEW)
+# The exporter's own credential and permission in Entra ID (runbooks of its health alerts).
+ENTRA_ADD_CREDENTIALS: Final = (
+    "https://learn.microsoft.com/entra/identity-platform/how-to-add-credentials"
+)
+ENTRA_ADMIN_CONSENT: Final = (
+    "https://learn.microsoft.com/entra/identity/enterprise-apps/grant-admin-consent"
+)
+
+ALL: Final = (
+    ADE_RENEW,
+    ADE_RENEW_SEED,
+    ADE_SYNC_TROUBLESHOOTING,
+    VPP_RENEW,
+    APNS_RENEW,
+    ENTRA_ADD_CREDENTIALS,
+    ENTRA_ADMIN_CONSENT,
+)
