@@ -1,0 +1,259 @@
+"""The demo's status page (`/`) as a person sees it: rendered by headless Chromium.
+
+Grafana is not available where the tests run, so this is the page a person can look at. The DOM
+Chromium builds is checked (tenants and credentials listed, expired rows marked, Microsoft's
+links present) and a screenshot is taken. With UPDATE_STATUS_PAGE_SCREENSHOT=1 the screenshot
+replaces docs/status-page.png, the one README shows:
+
+    UPDATE_STATUS_PAGE_SCREENSHOT=1 pytest tests/test_status_page_browser.py
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from exporter import links
+
+from .e2e_support import REPO_ROOT, Exporter, find_binary, start_demo_exporter
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = find_binary("chromium", "chromium-browser")
+WINDOW = (1400, 1800)
+SCREENSHOT = REPO_ROOT / "docs" / "status-page.png"
+CHROMIUM_TIMEOUT = 60.0
+
+RENEW_BY_KIND = {
+    "ADE token": links.ADE_RENEW,
+    "VPP token": links.VPP_RENEW,
+    "APNs certificate": links.APNS_RENEW,
+}
+
+
+@dataclass
+class Row:
+    classes: set[str]
+    cells: list[str] = field(default_factory=list)
+    links: list[tuple[str, str]] = field(default_factory=list)  # (text, href)
+
+
+class TableParser(HTMLParser):
+    """The body rows of every <table id=...>, with each row's classes, cell texts and links."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: dict[str, list[Row]] = {}
+        self._table: str | None = None
+        self._in_body = False
+        self._row: Row | None = None
+        self._cell: list[str] | None = None
+        self._link: tuple[str, list[str]] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = dict(attrs)
+        if tag == "table":
+            self._table = attributes.get("id") or ""
+            self.tables[self._table] = []
+        elif tag == "tbody":
+            self._in_body = True
+        elif tag == "tr" and self._in_body and self._table is not None:
+            self._row = Row(set((attributes.get("class") or "").split()))
+        elif tag == "td" and self._row is not None:
+            self._cell = []
+        elif tag == "br" and self._cell is not None:
+            self._cell.append("\n")
+        elif tag == "a" and self._row is not None:
+            self._link = (attributes.get("href") or "", [])
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "tbody":
+            self._in_body = False
+        elif tag == "table":
+            self._table = None
+        elif tag == "tr" and self._row is not None and self._table is not None:
+            self.tables[self._table].append(self._row)
+            self._row = None
+        elif tag == "td" and self._row is not None and self._cell is not None:
+            self._row.cells.append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "a" and self._link is not None and self._row is not None:
+            self._row.links.append(("".join(self._link[1]).strip(), self._link[0]))
+            self._link = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+        if self._link is not None:
+            self._link[1].append(data)
+
+
+def chromium(profile: Path, log: Path, *args: str) -> str:
+    """Run headless Chromium once (loopback only, no background traffic); its stdout."""
+    assert CHROMIUM is not None
+    argv = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",  # runs as root in CI containers
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+        f"--window-size={WINDOW[0]},{WINDOW[1]}",
+        *args,
+    ]
+    with log.open("a") as stderr:
+        # Its own session, so that a hung browser is ended with all its helper processes.
+        process = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True
+        )
+        try:
+            stdout, _ = process.communicate(timeout=CHROMIUM_TIMEOUT)
+        except subprocess.TimeoutExpired as error:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise AssertionError(
+                f"chromium did not finish in {CHROMIUM_TIMEOUT}s:\n{log.read_text()}"
+            ) from error
+    assert process.returncode == 0, f"chromium exited {process.returncode}:\n{log.read_text()}"
+    return stdout
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exporter]:
+    if CHROMIUM is None:
+        pytest.skip("needs Debian's chromium on PATH (apt-get install chromium)")
+    exporter = start_demo_exporter(tmp_path_factory.mktemp("status-page"))
+    yield exporter
+    exporter.process.stop()
+
+
+@pytest.fixture(scope="module")
+def dom(demo: Exporter, tmp_path_factory: pytest.TempPathFactory) -> TableParser:
+    tmp = tmp_path_factory.mktemp("chromium-dom")
+    html = chromium(tmp / "profile", tmp / "chromium.log", "--dump-dom", demo.base_url + "/")
+    parser = TableParser()
+    parser.feed(html)
+    assert "<title>Intune Apple token exporter</title>" in html, html[:2000]
+    return parser
+
+
+def _credentials(dom: TableParser) -> dict[tuple[str, str], Row]:
+    rows = {
+        (row.cells[0], row.cells[2]): row
+        for row in dom.tables["credentials"]
+        if len(row.cells) == 9
+    }
+    return rows
+
+
+def test_every_tenant_is_listed_with_its_status(dom: TableParser) -> None:
+    tenants = {row.cells[0]: row for row in dom.tables["tenants"]}
+    assert list(tenants) == ["contoso", "fabrikam", "northwind", "woodgrove", "tailspin"]
+    for name in ("contoso", "fabrikam", "northwind", "woodgrove"):
+        assert tenants[name].cells[1] == "up", name
+        assert tenants[name].cells[5] == "—", name
+    tailspin = tenants["tailspin"]
+    assert tailspin.cells[1] == "down"
+    assert tailspin.cells[4] == "never"
+    assert "AADSTS7000215" in tailspin.cells[5]
+    assert (
+        "demo-client-secret" not in tailspin.cells[5] and "expired-secret" not in tailspin.cells[5]
+    )
+
+
+def test_every_credential_is_listed_soonest_expiry_first(dom: TableParser) -> None:
+    rows = _credentials(dom)
+    names = {name for _, name in rows}
+    for name in (
+        "Contoso iOS", "Contoso Apps", "Fabrikam iPads", "Fabrikam Macs", "Fabrikam Education",
+        "Northwind Shared", "Northwind School", "Northwind Loaners", "Northwind Spare",
+        "Northwind Retail", "Northwind Kiosk", "Northwind Field", "Woodgrove Apps",
+    ):  # fmt: skip
+        assert name in names, name
+    woodgrove_ade = [
+        r for (tenant, _), r in rows.items() if tenant == "woodgrove" and r.cells[1] == "ADE token"
+    ]
+    assert len(woodgrove_ade) == 45  # three pages of Graph results
+    apns = {tenant for (tenant, _), r in rows.items() if r.cells[1] == "APNs certificate"}
+    assert apns == {"contoso", "fabrikam", "woodgrove"}
+    assert not [key for key in rows if key[0] == "tailspin"]  # never polled successfully
+    not_configured = [
+        row.cells
+        for row in dom.tables["credentials"]
+        if row.cells[:2] == ["northwind", "APNs certificate"]
+    ]
+    assert not_configured == [["northwind", "APNs certificate", "not configured in this tenant"]]
+    days = [float(row.cells[4]) for row in rows.values()]
+    assert days == sorted(days)
+    assert rows[("northwind", "Northwind Spare")].cells[6] == "never"
+
+
+def test_expired_and_expiring_rows_are_marked(dom: TableParser) -> None:
+    rows = _credentials(dom)
+    expired = sorted(name for (_, name), row in rows.items() if "expired" in row.classes)
+    assert expired == ["Fabrikam Education", "Northwind Shared"]
+    critical = sorted(name for (_, name), row in rows.items() if "critical" in row.classes)
+    assert critical == ["Fabrikam Macs"]
+    warning = sorted(
+        (tenant, row.cells[1]) for (tenant, _), row in rows.items() if "warning" in row.classes
+    )
+    assert warning == [("fabrikam", "ADE token"), ("fabrikam", "APNs certificate")]
+    for (tenant, name), row in rows.items():
+        if tenant in ("contoso", "woodgrove"):
+            assert not row.classes, (name, row.classes)
+    problems = {name: row.cells[7] for (_, name), row in rows.items() if "problem" in row.classes}
+    assert problems["Northwind School"].startswith("sync error code 3")
+    assert problems["Northwind Field"] == "last sync failed"
+    assert problems["Northwind Retail"] == "state invalid"
+    assert problems["Northwind Kiosk"] == "state assignedToExternalMDM"
+    assert problems["Fabrikam Education"] == "state expired"
+
+
+def test_every_credential_links_its_microsoft_renewal_page(dom: TableParser) -> None:
+    for (tenant, name), row in _credentials(dom).items():
+        renew = [href for text, href in row.links if text == "renew"]
+        assert renew == [RENEW_BY_KIND[row.cells[1]]], (tenant, name, row.links)
+    school = _credentials(dom)[("northwind", "Northwind School")]
+    assert ("troubleshoot", links.ADE_SYNC_TROUBLESHOOTING) in school.links
+
+
+def _png_size_and_pixels(data: bytes) -> tuple[int, int, bytes]:
+    """Width, height and the raw (filtered) scanlines of a PNG, without an imaging library."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    width, height = struct.unpack(">II", data[16:24])
+    idat, offset = b"", 8
+    while offset < len(data):
+        (length,) = struct.unpack(">I", data[offset : offset + 4])
+        kind = data[offset + 4 : offset + 8]
+        if kind == b"IDAT":
+            idat += data[offset + 8 : offset + 8 + length]
+        offset += 12 + length
+    return width, height, zlib.decompress(idat)
+
+
+def test_screenshot(demo: Exporter, tmp_path: Path) -> None:
+    shot = tmp_path / "status-page.png"
+    chromium(
+        tmp_path / "profile", tmp_path / "chromium.log", f"--screenshot={shot}", demo.base_url + "/"
+    )
+    width, height, pixels = _png_size_and_pixels(shot.read_bytes())
+    assert (width, height) == WINDOW
+    # Not a blank page: a rendered table has many distinct byte values across its scanlines.
+    assert len(set(pixels)) > 50
+    if os.environ.get("UPDATE_STATUS_PAGE_SCREENSHOT") == "1":
+        shutil.copyfile(shot, SCREENSHOT)
