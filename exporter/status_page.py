@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import escape
 from typing import Final
 
 from . import __version__
 from .collectors.base import SECONDS_PER_DAY, CredentialCollector, StatusRow
+from .errors import PollError
 from .snapshot import StoreView, TenantState
 
+# The same thresholds as the alert rules (prometheus/alerts.yaml).
 WARNING_DAYS: Final = 30.0
 CRITICAL_DAYS: Final = 7.0
 
@@ -22,10 +25,16 @@ th,td{border-bottom:1px solid #ddd;padding:.35rem .5rem;text-align:left;vertical
 th{background:#f3f3f3}
 .up{color:#1a7f37;font-weight:600}.down{color:#c62828;font-weight:600}
 tr.expired td{background:#fde2e1}tr.critical td{background:#fff0e0}
-tr.warning td{background:#fff8d6}tr.problem td.problem{color:#c62828;font-weight:600}
-.num{text-align:right;font-variant-numeric:tabular-nums}
+tr.warning td{background:#fff8d6}td.problem{color:#c62828;font-weight:600}
+.num{text-align:right;font-variant-numeric:tabular-nums}.nowrap{white-space:nowrap}
 footer{margin-top:2rem;color:#666;font-size:.8rem}
 """
+
+
+def _date(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "never"
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d")
 
 
 def _when(timestamp: float | None) -> str:
@@ -34,30 +43,65 @@ def _when(timestamp: float | None) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _age(timestamp: float | None, now: float) -> str:
-    if timestamp is None:
-        return "never"
-    seconds = max(0.0, now - timestamp)
+def _span(seconds: float) -> str:
     if seconds < 3600:
-        return f"{seconds / 60:.0f} min ago"
+        return f"{seconds / 60:.0f} min"
     if seconds < 2 * SECONDS_PER_DAY:
-        return f"{seconds / 3600:.1f} h ago"
-    return f"{seconds / SECONDS_PER_DAY:.1f} d ago"
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / SECONDS_PER_DAY:.1f} d"
 
 
-def _row_class(row: StatusRow, now: float) -> str:
-    classes = []
-    if row.expires_at is not None:
-        days = (row.expires_at - now) / SECONDS_PER_DAY
+def _age(timestamp: float | None, now: float) -> str:
+    return "never" if timestamp is None else f"{_span(max(0.0, now - timestamp))} ago"
+
+
+@dataclass(frozen=True)
+class _Assessed:
+    """A credential row with what the page concludes about it at `now`."""
+
+    tenant: str
+    row: StatusRow
+    days: float | None
+    level: str  # "expired", "critical", "warning" or ""
+    problems: tuple[str, ...]
+
+    @property
+    def needs_attention(self) -> bool:
+        return bool(self.level or self.problems)
+
+
+def _assess(tenant: str, row: StatusRow, now: float) -> _Assessed:
+    days = None if row.expires_at is None else (row.expires_at - now) / SECONDS_PER_DAY
+    problems: list[str] = []
+    level = ""
+    if days is not None:
         if days <= 0:
-            classes.append("expired")
+            level = "expired"
+            problems.append(f"expired {-days:.1f} days ago")
         elif days < CRITICAL_DAYS:
-            classes.append("critical")
+            level = "critical"
+            problems.append(f"expires in under {CRITICAL_DAYS:.0f} days")
         elif days < WARNING_DAYS:
-            classes.append("warning")
+            level = "warning"
+            problems.append(f"expires in under {WARNING_DAYS:.0f} days")
     if row.problem:
-        classes.append("problem")
-    return " ".join(classes)
+        problems.append(row.problem)
+    if row.stale_sync_after is not None:
+        if row.last_sync_at is None:
+            problems.append("never synced")
+        elif now - row.last_sync_at > row.stale_sync_after:
+            problems.append(f"no successful sync for {_span(now - row.last_sync_at)}")
+    return _Assessed(tenant, row, days, level, tuple(problems))
+
+
+def _merged_errors(tenant: TenantState) -> dict[str, list[str]]:
+    """Failed collectors grouped by their error text (one token failure fails them all)."""
+    errors: dict[str, list[str]] = {}
+    for name, state in tenant.collectors.items():
+        if state.last_error is not None and not state.up:
+            error: PollError = state.last_error
+            errors.setdefault(f"{error.reason}: {error.message}", []).append(name)
+    return errors
 
 
 def _tenant_row(tenant: TenantState) -> str:
@@ -68,65 +112,98 @@ def _tenant_row(tenant: TenantState) -> str:
     else:
         status = '<span class="down">down</span>'
     errors = [
-        f"{escape(name)}: {escape(state.last_error.reason)}: {escape(state.last_error.message)}"
-        for name, state in tenant.collectors.items()
-        if state.last_error is not None and not state.up
+        f"{escape(', '.join(names))}: {escape(text)}"
+        for text, names in _merged_errors(tenant).items()
     ]
     return (
         f"<tr><td>{escape(tenant.name)}</td><td>{status}</td>"
         f"<td>{escape(tenant.tenant_id)}</td><td>{escape(tenant.cloud)}</td>"
-        f"<td>{_when(tenant.last_success_at)}</td>"
+        f'<td class="nowrap">{_when(tenant.last_success_at)}</td>'
         f"<td>{'<br>'.join(errors) or '—'}</td></tr>"
     )
 
 
-def _credential_row(tenant: str, row: StatusRow, now: float) -> str:
-    if row.expires_at is None:
-        days = "unknown"
-    else:
-        days = f"{(row.expires_at - now) / SECONDS_PER_DAY:.1f}"
+def _credential_row(item: _Assessed, now: float) -> str:
+    row = item.row
+    days = "unknown" if item.days is None else f"{item.days:.1f}"
     links = [f'<a href="{escape(row.renew_url)}" rel="noreferrer">renew</a>']
     if row.troubleshooting_url:
         links.append(
             f'<a href="{escape(row.troubleshooting_url)}" rel="noreferrer">troubleshoot</a>'
         )
+    name = escape(row.name)
+    if row.detail:
+        name = f'<span title="{escape(row.detail)}">{name}</span>'
+    synced = (
+        "—"
+        if row.last_sync_at is None and row.stale_sync_after is None
+        else _age(row.last_sync_at, now)
+    )
+    problem = "; ".join(escape(p) for p in item.problems) or "—"
     return (
-        f'<tr class="{_row_class(row, now)}"><td>{escape(tenant)}</td><td>{escape(row.kind)}</td>'
-        f"<td>{escape(row.name)}</td><td>{escape(row.apple_id) or '—'}</td>"
-        f'<td class="num">{days}</td><td>{_when(row.expires_at)}</td>'
-        f"<td>{_age(row.last_sync_at, now) if row.kind != 'APNs certificate' else '—'}</td>"
-        f'<td class="problem">{escape(row.problem or "—")}</td>'
+        f'<tr class="{item.level}"><td>{escape(item.tenant)}</td><td>{escape(row.kind)}</td>'
+        f'<td>{name}</td><td class="nowrap">{escape(row.apple_id) or "—"}</td>'
+        f'<td class="num">{days}</td><td class="nowrap">{_date(row.expires_at)}</td>'
+        f'<td class="nowrap">{synced}</td>'
+        f'<td class="{"problem" if item.problems else ""}">{problem}</td>'
         f"<td>{' · '.join(links)}</td></tr>"
+    )
+
+
+def _note_row(tenant: str, kind: str, text: str, *, problem: bool = False) -> str:
+    css = ' class="problem"' if problem else ""
+    return (
+        f"<tr><td>{escape(tenant)}</td><td>{escape(kind)}</td>"
+        f'<td colspan="7"{css}>{escape(text)}</td></tr>'
     )
 
 
 def render_status_page(
     view: StoreView, collectors: Mapping[str, CredentialCollector], now: float
 ) -> str:
-    """The whole page. Every value from Graph or config is escaped; no secret is ever shown."""
+    """The whole page. Every value from Graph or config is escaped; no secret is ever shown.
+
+    Credentials that need attention (expired, expiring within 30 days, or with a problem) come
+    first, each group soonest expiry first.
+    """
     tenant_rows = "".join(_tenant_row(tenant) for tenant in view.tenants)
-    rows: list[tuple[float, str]] = []
+    assessed: list[_Assessed] = []
+    notes: list[str] = []
     for tenant in view.tenants:
         for name, state in tenant.collectors.items():
             collector = collectors.get(name)
-            if collector is None or state.records is None:
+            if collector is None:
                 continue
-            for row in collector.status_rows(state.records):
-                order = row.expires_at if row.expires_at is not None else float("inf")
-                rows.append((order, _credential_row(tenant.name, row, now)))
-        apns = tenant.collectors.get("apns")
-        if apns is not None and apns.records == ():
-            rows.append(
-                (
-                    float("inf"),
-                    f"<tr><td>{escape(tenant.name)}</td><td>APNs certificate</td>"
-                    '<td colspan="7">not configured in this tenant</td></tr>',
-                )
+            if state.records is None:
+                if tenant.polled and state.last_error is not None:
+                    notes.append(
+                        _note_row(
+                            tenant.name,
+                            name,
+                            f"no data: {state.last_error.reason}: {state.last_error.message}",
+                            problem=True,
+                        )
+                    )
+                continue
+            assessed.extend(
+                _assess(tenant.name, row, now) for row in collector.status_rows(state.records)
             )
-    rows.sort(key=lambda pair: pair[0])
-    credential_rows = "".join(html for _, html in rows) or (
-        '<tr><td colspan="9">No data yet: the first poll has not finished.</td></tr>'
+            if name == "apns" and state.records == ():
+                notes.append(
+                    _note_row(tenant.name, "APNs certificate", "not configured in this tenant")
+                )
+    assessed.sort(
+        key=lambda item: (
+            not item.needs_attention,
+            item.days if item.days is not None else float("inf"),
+        )
     )
+    credential_rows = "".join(_credential_row(item, now) for item in assessed) + "".join(notes)
+    if not credential_rows:
+        credential_rows = (
+            '<tr><td colspan="9">No data yet: the first poll has not finished.</td></tr>'
+        )
+    attention = sum(1 for item in assessed if item.needs_attention)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -134,7 +211,8 @@ def render_status_page(
 <title>Intune Apple token exporter</title><style>{_STYLE}</style></head>
 <body>
 <h1>Intune Apple token exporter</h1>
-<p>Apple credentials of every configured Intune tenant, soonest expiry first.
+<p>Apple credentials of every configured Intune tenant: {attention} of {len(assessed)} need
+attention. Those come first, soonest expiry first.
 <a href="/metrics">Metrics</a> · <a href="/-/ready">Readiness</a></p>
 <h2>Tenants</h2>
 <table id="tenants"><thead><tr><th>Tenant</th><th>Status</th><th>Tenant ID</th><th>Cloud</th>

@@ -198,9 +198,24 @@ def test_every_credential_is_listed_soonest_expiry_first(dom: TableParser) -> No
         if row.cells[:2] == ["northwind", "APNs certificate"]
     ]
     assert not_configured == [["northwind", "APNs certificate", "not configured in this tenant"]]
-    days = [float(row.cells[4]) for row in rows.values()]
-    assert days == sorted(days)
+    # Credentials that need attention come first; each group is sorted by days left.
+    attention = [row for row in rows.values() if row.cells[7] != "—"]
+    calm = [row for row in rows.values() if row.cells[7] == "—"]
+    assert list(rows.values()) == attention + calm
+    assert [row.cells[2] for row in attention] == [
+        "Northwind Shared", "Fabrikam Education", "Fabrikam Macs", "Apple MDM push certificate",
+        "Fabrikam iPads", "Northwind Retail", "Northwind Kiosk", "Northwind School",
+        "Northwind Loaners", "Northwind Field", "Northwind Spare",
+    ]  # fmt: skip
+    for group in (attention, calm):
+        days = [float(row.cells[4]) for row in group]
+        assert days == sorted(days)
     assert rows[("northwind", "Northwind Spare")].cells[6] == "never"
+    # A tenant the exporter cannot sign in to says so instead of showing nothing.
+    no_data = [row.cells for row in dom.tables["credentials"] if row.cells[0] == "tailspin"]
+    assert [cells[1] for cells in no_data] == ["ade", "vpp", "apns"]
+    assert all(cells[2].startswith("no data: auth: ") for cells in no_data)
+    assert all("AADSTS7000215" in cells[2] for cells in no_data)
 
 
 def test_expired_and_expiring_rows_are_marked(dom: TableParser) -> None:
@@ -216,12 +231,19 @@ def test_expired_and_expiring_rows_are_marked(dom: TableParser) -> None:
     for (tenant, name), row in rows.items():
         if tenant in ("contoso", "woodgrove"):
             assert not row.classes, (name, row.classes)
-    problems = {name: row.cells[7] for (_, name), row in rows.items() if "problem" in row.classes}
-    assert problems["Northwind School"].startswith("sync error code 3")
+    problems = {name: row.cells[7] for (_, name), row in rows.items() if row.cells[7] != "—"}
+    troubled_tenants = {tenant for (tenant, _), row in rows.items() if row.cells[7] != "—"}
+    assert problems["Northwind School"].startswith("sync error code 3: new Apple Business")
     assert problems["Northwind Field"] == "last sync failed"
     assert problems["Northwind Retail"] == "state invalid"
     assert problems["Northwind Kiosk"] == "state assignedToExternalMDM"
-    assert problems["Fabrikam Education"] == "state expired"
+    assert problems["Fabrikam Education"] == "expired 3.0 days ago; state expired"
+    assert problems["Northwind Shared"] == "expired 10.0 days ago; no successful sync for 11.0 d"
+    assert problems["Fabrikam Macs"] == "expires in under 7 days"
+    assert problems["Fabrikam iPads"] == "expires in under 30 days"
+    assert problems["Northwind Loaners"] == "no successful sync for 3.0 d"
+    assert problems["Northwind Spare"] == "never synced"
+    assert troubled_tenants == {"fabrikam", "northwind"}
 
 
 def test_every_credential_links_its_microsoft_renewal_page(dom: TableParser) -> None:

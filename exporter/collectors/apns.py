@@ -113,7 +113,8 @@ class ApnsCollector:
         return [
             StatusRow(
                 kind="APNs certificate",
-                name=certificate.topic_id or "Apple MDM push certificate",
+                name="Apple MDM push certificate",
+                detail=f"topic {certificate.topic_id}, serial {certificate.serial_number}",
                 apple_id=certificate.apple_id,
                 expires_at=certificate.expires_at,
                 last_sync_at=None,

@@ -35,6 +35,8 @@ class StatusRow:
     problem: str | None
     renew_url: str
     troubleshooting_url: str | None = None
+    detail: str | None = None  # shown as a tooltip on the name
+    stale_sync_after: float | None = None  # seconds without a successful sync that is a problem
 
 
 class CredentialCollector(Protocol):
