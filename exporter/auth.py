@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from typing import Any, Final, Protocol
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any, Final, Protocol, TypeVar
+from urllib.parse import urlsplit
 
 import msal
 import requests
@@ -21,6 +24,7 @@ from .credentials import CredentialFileError, load_certificate, read_text_file
 from .errors import AuthError, PollError
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # What the AADSTS codes an operator is likely to meet mean, for log lines and the status page.
 AADSTS_HINTS: Final[dict[int, str]] = {
@@ -76,11 +80,11 @@ class MsalTokenProvider:
     """Client-credentials tokens for one tenant through MSAL, with its configured credential."""
 
     def __init__(
-        self, tenant: TenantConfig, *, timeout: float, http_client: requests.Session
+        self, tenant: TenantConfig, *, http_client: requests.Session, executor: Executor
     ) -> None:
         self._tenant = tenant
         self._http_client = http_client
-        self._timeout = timeout
+        self._executor = executor
         self._scope = f"{tenant.graph_url}/.default"
         self._app: msal.ConfidentialClientApplication | None = None
         self._credential_stamp: object = None
@@ -89,11 +93,16 @@ class MsalTokenProvider:
     async def token(self) -> str:
         # One acquisition at a time per tenant: concurrent collectors then share one token.
         async with self._lock:
-            return await asyncio.to_thread(self._acquire)
+            return await self._in_thread(self._acquire)
 
     async def invalidate(self, token: str) -> None:
         async with self._lock:
-            await asyncio.to_thread(self._forget, token)
+            await self._in_thread(lambda: self._forget(token))
+
+    async def _in_thread(self, call: Callable[[], _T]) -> _T:
+        # The exporter's own pool (not asyncio.to_thread's default one): shutdown can abandon a
+        # token request in flight instead of waiting for it.
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     # --- blocking helpers, run in worker threads ------------------------------------------------
 
@@ -151,20 +160,21 @@ class MsalTokenProvider:
         credential = self._credential()
         tenant = self._tenant
         authority = f"{tenant.authority_url}/{tenant.tenant_id}"
-        host = authority.split("/")[2].split(":")[0]
+        host = urlsplit(authority).hostname or ""
         try:
             app = msal.ConfidentialClientApplication(
                 tenant.client_id,
                 client_credential=credential,
                 authority=authority,
+                # Its adapter carries the timeout: MSAL ignores `timeout=` with an http_client.
                 http_client=self._http_client,
-                timeout=self._timeout,
                 # For a host MSAL does not know, instance discovery would ask the public cloud.
                 instance_discovery=host in WELL_KNOWN_AUTHORITY_HOSTS,
             )
         except requests.Timeout:
             raise PollError("timeout", f"timed out reaching the authority {authority}") from None
-        except requests.RequestException as exc:
+        except (requests.RequestException, OSError) as exc:
+            # OSError: requests cannot load the CA bundle that REQUESTS_CA_BUNDLE names.
             raise PollError(
                 "network", f"cannot reach the authority {authority}: {type(exc).__name__}"
             ) from None
@@ -193,12 +203,16 @@ class MsalTokenProvider:
             result: dict[str, Any] = app.acquire_token_for_client(scopes=[self._scope])
         except requests.Timeout:
             raise PollError("timeout", "timed out requesting a token from Entra ID") from None
-        except requests.RequestException as exc:
+        except CredentialFileError as exc:  # raised by the federated-token callable
+            raise AuthError(f"cannot read the credential: {exc}") from None
+        except (requests.RequestException, OSError) as exc:
             raise PollError(
                 "network", f"cannot reach Entra ID's token endpoint: {type(exc).__name__}"
             ) from None
-        except CredentialFileError as exc:  # raised by the federated-token callable
-            raise AuthError(f"cannot read the credential: {exc}") from None
+        except ValueError:  # MSAL could not decode the token endpoint's answer
+            raise PollError(
+                "invalid_response", "Entra ID's token endpoint answered with invalid JSON"
+            ) from None
         token = result.get("access_token")
         if isinstance(token, str) and token:
             return token

@@ -6,10 +6,11 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 from . import __version__
 from .config import ConfigError, ExporterConfig, load_config
@@ -76,16 +77,26 @@ async def _run(
     demo_cloud: SimulatedCloud | None,
 ) -> None:
     loop = asyncio.get_running_loop()
-    # MSAL calls block a worker thread each; the default pool (cores + 4) would queue tenants.
-    loop.set_default_executor(ThreadPoolExecutor(max_workers=config.max_concurrency + 4))
     stop = asyncio.Event()
+
+    def on_signal() -> None:
+        stop.set()
+        # A second signal gets the default behaviour: the impatient operator wins.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal)
 
     exporter = Exporter(config, ca_data=demo_cloud.ca_pem if demo_cloud else None)
     registry = build_registry(IntuneCollector(exporter.store.view, config.poll_interval))
     middleware = web_config.middleware() if web_config else None
-    app = build_app(exporter.store, registry, middlewares=[middleware] if middleware else [])
+    app = build_app(
+        exporter.store,
+        registry,
+        middlewares=[middleware] if middleware else [],
+        healthy=lambda: exporter.polling,
+    )
     ssl_context = web_config.ssl_context() if web_config else None
     runner, bound = await start_site(app, host, port, ssl_context)
     log.info(
@@ -148,8 +159,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run() -> None:
-    """`python -m exporter`."""
-    sys.exit(main())
+    """The console script and `python -m exporter`."""
+    code = main()
+    # Token requests abandoned at shutdown still run in MSAL's threads (until their timeout);
+    # the interpreter would wait for them at exit, so leave without waiting.
+    if any(t.name.startswith("msal") and t.is_alive() for t in threading.enumerate()):
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 __all__ = ["build_parser", "main", "run"]

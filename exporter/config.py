@@ -33,7 +33,6 @@ from .credentials import CredentialFileError, load_certificate, read_text_file
 
 log = logging.getLogger(__name__)
 
-CollectorName = str
 
 CREDENTIAL_KEYS: Final = (
     "client_secret",
@@ -112,7 +111,7 @@ def _all_collectors() -> tuple[str, ...]:
     return tuple(COLLECTORS)
 
 
-Collectors = Annotated[tuple[CollectorName, ...], BeforeValidator(_known_collectors)]
+Collectors = Annotated[tuple[str, ...], BeforeValidator(_known_collectors)]
 
 _GUID_RE: Final = re.compile(
     r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
@@ -241,7 +240,7 @@ class ExporterConfig(BaseModel):
     collect: Collectors = Field(default_factory=_all_collectors)
     tenants: tuple[TenantConfig, ...] = Field(min_length=1)
 
-    def collectors_for(self, tenant: TenantConfig) -> tuple[CollectorName, ...]:
+    def collectors_for(self, tenant: TenantConfig) -> tuple[str, ...]:
         """The collectors that run for a tenant: its own list, else the top-level one."""
         return tenant.collect if tenant.collect is not None else self.collect
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import Literal
 
 Reason = Literal[
     "auth",
@@ -14,16 +14,6 @@ Reason = Literal[
     "http",
     "invalid_response",
 ]
-REASONS: Final[tuple[Reason, ...]] = (
-    "auth",
-    "forbidden",
-    "not_found",
-    "throttled",
-    "timeout",
-    "network",
-    "http",
-    "invalid_response",
-)
 
 
 class PollError(Exception):

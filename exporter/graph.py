@@ -189,7 +189,8 @@ class GraphClient:
                 continue
             if status in RETRYABLE_STATUSES and attempt < self._retry.max_attempts:
                 delay = self._delay(attempt, headers.get("Retry-After"))
-                if waited + delay <= self._retry.max_total_wait:
+                # A server's Retry-After is never shortened: longer than we may wait, give up.
+                if delay <= self._retry.max_delay and waited + delay <= self._retry.max_total_wait:
                     await self._sleep(delay)
                     waited += delay
                     continue
@@ -198,7 +199,7 @@ class GraphClient:
     def _delay(self, attempt: int, retry_after: str | None) -> float:
         asked = parse_retry_after(retry_after)
         if asked is not None:
-            return min(asked, self._retry.max_delay)
+            return asked
         ceiling = min(self._retry.max_delay, self._retry.base_delay * 2.0 ** (attempt - 1))
         # Half fixed, half random: spreads retries of many tenants without retrying at once.
         return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not crypto

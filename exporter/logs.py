@@ -65,6 +65,7 @@ def configure_logging(level: str, fmt: str, stream: TextIO | None = None) -> Non
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(LEVELS[level])
-    # Library chatter (MSAL's HTTP details, aiohttp's access log) only when asked for.
-    for noisy in ("msal", "urllib3", "aiohttp.access"):
+    # Libraries log at warning and above only, even at debug: MSAL's and urllib3's debug lines
+    # describe token requests, and the exporter's own lines already say what failed.
+    for noisy in ("msal", "urllib3"):
         logging.getLogger(noisy).setLevel(max(LEVELS[level], logging.WARNING))

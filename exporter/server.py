@@ -42,11 +42,18 @@ def build_app(
     collectors: Mapping[str, CredentialCollector] = COLLECTORS,
     middlewares: Sequence[Middleware] = (),
     clock: Callable[[], float] = time.time,
+    healthy: Callable[[], bool] = lambda: True,
 ) -> web.Application:
-    """The exporter's web application over a snapshot store and a metrics registry."""
+    """The exporter's web application over a snapshot store and a metrics registry.
+
+    `healthy` says whether polling still runs; `/-/healthy` turns 503 when it does not, so a
+    liveness probe restarts an exporter whose data would otherwise silently freeze.
+    """
     metrics_handler = make_aiohttp_handler(registry)
 
-    async def healthy(request: web.Request) -> web.Response:
+    async def health(request: web.Request) -> web.Response:
+        if not healthy():
+            return web.Response(status=503, text="Unhealthy: polling has stopped\n")
         return web.Response(text="Healthy\n")
 
     async def ready(request: web.Request) -> web.Response:
@@ -73,7 +80,7 @@ def build_app(
 
     app = web.Application(middlewares=list(middlewares))
     app.router.add_get("/metrics", metrics_handler)
-    app.router.add_get("/-/healthy", healthy)
+    app.router.add_get("/-/healthy", health)
     app.router.add_get("/-/ready", ready)
     app.router.add_get("/", status)
     return app

@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
+import requests
 
-from .auth import MsalTokenProvider, TokenProvider
+from .auth import MsalTokenProvider
 from .collectors import COLLECTORS
-from .config import ExporterConfig, TenantConfig
+from .config import ExporterConfig
 from .graph import GraphClient, RetryPolicy
 from .pollers import Scheduler, TenantPoller
 from .snapshot import SnapshotStore
 from .tls import TrustStore
 
-TokenProviderFactory = Callable[[TenantConfig], TokenProvider]
+log = logging.getLogger(__name__)
 
 
 class Exporter:
-    """Owns the HTTP client session and the pollers of every configured tenant."""
+    """Owns the HTTP sessions, MSAL's worker threads and the pollers of every tenant."""
 
     def __init__(
         self,
@@ -28,14 +31,17 @@ class Exporter:
         *,
         ca_data: str | None = None,
         retry: RetryPolicy | None = None,
-        token_provider_factory: TokenProviderFactory | None = None,
     ) -> None:
         self.config = config
         self.store = SnapshotStore()
         self._trust = TrustStore(ca_data)
         self._retry = retry
-        self._token_provider_factory = token_provider_factory or self._msal_provider
         self._session: aiohttp.ClientSession | None = None
+        self._msal_sessions: list[requests.Session] = []
+        # One MSAL call blocks one thread; enough threads that polling slots never queue for one.
+        self._executor = ThreadPoolExecutor(
+            max_workers=config.max_concurrency + 4, thread_name_prefix="msal"
+        )
         self._scheduler: Scheduler | None = None
         self._task: asyncio.Task[None] | None = None
         for tenant in config.tenants:
@@ -43,12 +49,10 @@ class Exporter:
                 tenant.name, tenant.tenant_id, tenant.cloud, config.collectors_for(tenant)
             )
 
-    def _msal_provider(self, tenant: TenantConfig) -> TokenProvider:
-        return MsalTokenProvider(
-            tenant,
-            timeout=self.config.request_timeout,
-            http_client=self._trust.requests_session(tenant.ca_file),
-        )
+    @property
+    def polling(self) -> bool:
+        """False once the background polling has died (the liveness probe reports it)."""
+        return self._task is None or not self._task.done()
 
     def _request_counter(self, tenant: str) -> Callable[[int], None]:
         def count(status: int) -> None:
@@ -66,10 +70,13 @@ class Exporter:
         )
         pollers = []
         for tenant in config.tenants:
+            msal_session = self._trust.requests_session(tenant.ca_file, config.request_timeout)
+            self._msal_sessions.append(msal_session)
+            tokens = MsalTokenProvider(tenant, http_client=msal_session, executor=self._executor)
             graph = GraphClient(
                 self._session,
                 tenant.graph_url,
-                self._token_provider_factory(tenant),
+                tokens,
                 timeout=config.request_timeout,
                 ssl_context=self._trust.aiohttp_context(tenant.ca_file),
                 retry=self._retry,
@@ -84,6 +91,12 @@ class Exporter:
         await self.open()
         assert self._scheduler is not None
         self._task = asyncio.create_task(self._scheduler.run(), name="scheduler")
+        self._task.add_done_callback(self._scheduler_ended)
+
+    @staticmethod
+    def _scheduler_ended(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.critical("polling stopped", exc_info=task.exception())
 
     async def poll_all_once(self) -> None:
         """Poll every tenant once (tests and benchmarks); `open()` first."""
@@ -93,7 +106,7 @@ class Exporter:
         await self._scheduler.run_round()
 
     async def close(self) -> None:
-        """Stop polling and close connections."""
+        """Stop polling and close connections, abandoning token requests still in flight."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -102,3 +115,8 @@ class Exporter:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        # A token request stuck in a thread must not hold up shutdown (it ends at its timeout).
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        for session in self._msal_sessions:
+            session.close()
+        self._msal_sessions.clear()

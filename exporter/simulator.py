@@ -30,6 +30,7 @@ ADE_PATH: Final = "/beta/deviceManagement/depOnboardingSettings"
 VPP_PATH: Final = "/beta/deviceAppManagement/vppTokens"
 APNS_PATH: Final = "/beta/deviceManagement/applePushNotificationCertificate"
 _COLLECTIONS: Final = (ADE_PATH, VPP_PATH)
+REQUEST_LOG_SIZE: Final = 20_000
 
 
 def iso(timestamp: float | None) -> str | None:
@@ -141,8 +142,9 @@ class SimulatedCloud:
     def __init__(self, latency: float = 0.0) -> None:
         self.tenants: dict[str, SimTenant] = {}
         self.latency = latency
-        self.token_requests: list[TokenRequest] = []
-        self.graph_requests: list[GraphRequest] = []
+        # Bounded: the demo runs for days; tests look at far fewer requests than this.
+        self.token_requests: deque[TokenRequest] = deque(maxlen=REQUEST_LOG_SIZE)
+        self.graph_requests: deque[GraphRequest] = deque(maxlen=REQUEST_LOG_SIZE)
         self._faults: dict[tuple[str, str], deque[Fault]] = defaultdict(deque)
         self._tokens: dict[str, tuple[str, float]] = {}  # access token -> (tenant, expires at)
         self._ca = trustme.CA()
@@ -164,7 +166,7 @@ class SimulatedCloud:
         """Make every access token of a tenant invalid for Graph (as if it expired early)."""
         for token, (owner, _) in list(self._tokens.items()):
             if owner == tenant_id:
-                self._tokens[token] = (owner, 0.0)
+                self._tokens[token] = (owner, time.time() - 1)
 
     @property
     def ca_pem(self) -> str:
@@ -280,7 +282,12 @@ class SimulatedCloud:
                 401, "invalid_client", 700027, "Client assertion failed signature validation."
             )
         token = f"sim.{secrets.token_urlsafe(24)}"
-        self._tokens[token] = (tenant_id, time.time() + tenant.token_lifetime)
+        now = time.time()
+        # Forget tokens that expired over an hour ago (a 401 needs them only just after expiry).
+        for old, (_, expires) in list(self._tokens.items()):
+            if expires < now - 3600:
+                del self._tokens[old]
+        self._tokens[token] = (tenant_id, now + tenant.token_lifetime)
         return web.json_response(
             {
                 "token_type": "Bearer",

@@ -39,7 +39,6 @@ class TenantState:
     collectors: Mapping[str, CollectorState]
     polled: bool = False  # its first poll has finished, successfully or not
     last_success_at: float | None = None  # last poll in which every collector succeeded
-    last_poll_at: float | None = None
     last_poll_duration: float | None = None
 
     @property
@@ -104,7 +103,6 @@ class SnapshotStore:
             previous,
             collectors=MappingProxyType(collectors),
             polled=True,
-            last_poll_at=started_at,
             last_poll_duration=duration,
         )
         if state.up:

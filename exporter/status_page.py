@@ -185,13 +185,11 @@ def render_status_page(
                         )
                     )
                 continue
-            assessed.extend(
-                _assess(tenant.name, row, now) for row in collector.status_rows(state.records)
-            )
-            if name == "apns" and state.records == ():
-                notes.append(
-                    _note_row(tenant.name, "APNs certificate", "not configured in this tenant")
-                )
+            rows = collector.status_rows(state.records)
+            assessed.extend(_assess(tenant.name, row, now) for row in rows)
+            if not rows and collector.empty_note:
+                kind, _, text = collector.empty_note.partition(": ")
+                notes.append(_note_row(tenant.name, kind, text))
     assessed.sort(
         key=lambda item: (
             not item.needs_attention,
@@ -220,7 +218,7 @@ attention. Those come first, soonest expiry first.
 <tbody>{tenant_rows}</tbody></table>
 <h2>Apple credentials</h2>
 <table id="credentials"><thead><tr><th>Tenant</th><th>Kind</th><th>Name</th><th>Apple ID</th>
-<th>Days left</th><th>Expires</th><th>Last successful sync</th><th>Problem</th><th>Docs</th></tr>
+<th>Days left</th><th>Expires</th><th>Last sync</th><th>Problem</th><th>Docs</th></tr>
 </thead><tbody>{credential_rows}</tbody></table>
 <footer>intune-apple-token-exporter {escape(__version__)} · rendered {_when(now)}</footer>
 </body></html>

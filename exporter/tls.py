@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import os
 import ssl
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import requests
+from requests import PreparedRequest, Response
 from requests.adapters import HTTPAdapter
 
 _ENV_BUNDLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
@@ -35,11 +37,34 @@ def client_ssl_context(ca_file: Path | None = None, ca_data: str | None = None) 
 
 
 class _SSLContextAdapter(HTTPAdapter):
-    """Make urllib3 start from our context; requests' own CA choice can then only add to it."""
+    """Make urllib3 start from our context; requests' own CA choice can then only add to it.
 
-    def __init__(self, context: ssl.SSLContext) -> None:
+    It also gives every request a timeout: MSAL ignores its own `timeout` once it is handed an
+    http_client, and a token request must never block a worker thread forever.
+    """
+
+    def __init__(self, context: ssl.SSLContext, timeout: float) -> None:
         self._context = context
+        self._timeout = timeout
         super().__init__()
+
+    def send(
+        self,
+        request: PreparedRequest,
+        stream: bool = False,
+        timeout: float | tuple[float, float] | tuple[float, None] | None = None,
+        verify: bool | str = True,
+        cert: bytes | str | tuple[bytes | str, bytes | str] | None = None,
+        proxies: Mapping[str, str] | None = None,
+    ) -> Response:
+        return super().send(
+            request,
+            stream=stream,
+            timeout=timeout if timeout is not None else self._timeout,
+            verify=verify,
+            cert=cert,
+            proxies=proxies,
+        )
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         kwargs["ssl_context"] = self._context
@@ -65,7 +90,7 @@ class TrustStore:
             self._aiohttp[ca_file] = client_ssl_context(ca_file, self._ca_data)
         return self._aiohttp[ca_file]
 
-    def requests_session(self, ca_file: Path | None) -> requests.Session:
+    def requests_session(self, ca_file: Path | None, timeout: float) -> requests.Session:
         """A requests session (for MSAL) that trusts what `aiohttp_context` trusts.
 
         It keeps `trust_env`, so corporate `HTTPS_PROXY` settings still apply.
@@ -75,5 +100,5 @@ class TrustStore:
         if ca_file not in self._requests:
             self._requests[ca_file] = client_ssl_context(ca_file, self._ca_data)
         session = requests.Session()
-        session.mount("https://", _SSLContextAdapter(self._requests[ca_file]))
+        session.mount("https://", _SSLContextAdapter(self._requests[ca_file], timeout))
         return session

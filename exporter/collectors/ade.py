@@ -80,6 +80,7 @@ class AdeCollector:
     """ADE/DEP enrollment program tokens."""
 
     name: Final = "ade"
+    empty_note: Final = None
     metrics: Final = (
         MetricSpec(
             "intune_ade_token_info",
@@ -139,7 +140,9 @@ class AdeCollector:
 
     async def fetch(self, graph: GraphClient) -> Records:
         items = await graph.get_collection(PATH, SELECT)
-        return tuple(token for item in items if (token := parse_token(item)) is not None)
+        # By id: an item repeated across a page boundary must not become a duplicate series.
+        tokens = {token.id: token for item in items if (token := parse_token(item)) is not None}
+        return tuple(tokens.values())
 
     def samples(self, tenant: str, records: Records, now: float) -> Iterator[Sample]:
         token: AdeToken

@@ -5,6 +5,7 @@ A tenant without a certificate answers 404; that is a state (`configured` 0), no
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
@@ -41,6 +42,10 @@ class ApnsCertificate:
     last_modified_at: float | None
 
 
+def _date(timestamp: float | None) -> str:
+    return "unknown" if timestamp is None else time.strftime("%Y-%m-%d", time.gmtime(timestamp))
+
+
 def parse_certificate(item: dict[str, object]) -> ApnsCertificate | None:
     """Map the singleton; None when it carries neither an Apple ID nor an expiry (not set up)."""
     certificate = ApnsCertificate(
@@ -60,6 +65,7 @@ class ApnsCollector:
     """The Apple MDM push certificate."""
 
     name: Final = "apns"
+    empty_note: Final = "APNs certificate: not configured in this tenant"
     metrics: Final = (
         MetricSpec(
             "intune_apns_certificate_configured",
@@ -91,7 +97,9 @@ class ApnsCollector:
         try:
             item = await graph.get_object(PATH, SELECT)
         except GraphError as exc:
-            if exc.status == 404:
+            # Graph's answer for a tenant that never set up a certificate; any other 404 (a
+            # wrong endpoint, say) stays an error.
+            if exc.status == 404 and exc.code == "ResourceNotFound":
                 return ()
             raise
         certificate = parse_certificate(item)
@@ -114,11 +122,16 @@ class ApnsCollector:
             StatusRow(
                 kind="APNs certificate",
                 name="Apple MDM push certificate",
-                detail=f"topic {certificate.topic_id}, serial {certificate.serial_number}",
+                detail=f"topic {certificate.topic_id}, serial {certificate.serial_number}, "
+                f"uploaded {_date(certificate.last_modified_at)}",
                 apple_id=certificate.apple_id,
                 expires_at=certificate.expires_at,
                 last_sync_at=None,
-                problem=None,
+                problem=(
+                    f"certificate upload status {certificate.upload_status}"
+                    if certificate.upload_status.lower() == "failed"
+                    else None
+                ),
                 renew_url=links.APNS_RENEW,
             )
             for certificate in records

@@ -52,6 +52,11 @@ class CredentialCollector(Protocol):
         """Every metric this collector exposes."""
         ...
 
+    @property
+    def empty_note(self) -> str | None:
+        """What the status page says when a successful poll found nothing (None: say nothing)."""
+        ...
+
     async def fetch(self, graph: GraphClient) -> Records:
         """Read the resource from Graph; raises `PollError` on failure."""
         ...

@@ -81,6 +81,7 @@ class VppCollector:
     """VPP (Apps and Books) location tokens."""
 
     name: Final = "vpp"
+    empty_note: Final = None
     metrics: Final = (
         MetricSpec(
             "intune_vpp_token_info",
@@ -128,7 +129,9 @@ class VppCollector:
 
     async def fetch(self, graph: GraphClient) -> Records:
         items = await graph.get_collection(PATH, SELECT)
-        return tuple(token for item in items if (token := parse_token(item)) is not None)
+        # By id: an item repeated across a page boundary must not become a duplicate series.
+        tokens = {token.id: token for item in items if (token := parse_token(item)) is not None}
+        return tuple(tokens.values())
 
     def samples(self, tenant: str, records: Records, now: float) -> Iterator[Sample]:
         token: VppToken
