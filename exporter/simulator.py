@@ -190,7 +190,8 @@ class SimulatedCloud:
             app.router.add_get(path, self._graph)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
-        self._runner = web.AppRunner(app, access_log=None)
+        # Short grace at stop: a test may leave a delayed (hanging) answer behind.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, ssl_context=context)
         await site.start()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import logging
 from pathlib import Path
 
-import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from exporter.logs import JsonFormatter, LogfmtFormatter
 from exporter.simulator import SimApp
 
 from .conftest import CLIENT_ID, SECRET, World
@@ -192,35 +193,90 @@ async def test_a_vanished_federated_token_file_is_an_auth_failure(
     assert "does not exist" in error.message
 
 
-async def test_secrets_never_reach_the_logs(
-    world: World, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.DEBUG)
-    secret_file = tmp_path / "secret"
-    secret_file.write_text("file-secret-Wq93")
-    world.add(
-        "good", ade_tokens=[ade_item("A")], vpp_tokens=[vpp_item("V")], apns_certificate=apns_item()
-    )
-    world.add(
-        "bad-secret", ade_tokens=[ade_item("B")], credential={"client_secret": "wrong-secret-Pz41"}
-    )
-    world.add(
-        "bad-file", ade_tokens=[ade_item("C")], credential={"client_secret_file": str(secret_file)}
-    )
-    exporter = await world.exporter()
+async def test_secrets_never_reach_the_logs(world: World, tmp_path: Path) -> None:
+    # Both of the exporter's own formats, at debug, with every extra field they print.
+    streams = {"logfmt": io.StringIO(), "json": io.StringIO()}
+    handlers = []
+    previous_level = logging.getLogger().level
+    for fmt, stream in streams.items():
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(LogfmtFormatter() if fmt == "logfmt" else JsonFormatter())
+        handlers.append(handler)
+        logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.DEBUG)
+    try:
+        secret_file = tmp_path / "secret"
+        secret_file.write_text("file-secret-Wq93")
+        key_pem, cert_pem = world.cloud.issue_client_certificate("exporter")
+        key = serialization.load_pem_private_key(key_pem.encode(), None)
+        encrypted = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"pem-pass-Lk30"),
+        ).decode()
+        pem_file = tmp_path / "client.pem"
+        pem_file.write_text(encrypted + cert_pem)
+        token_file = tmp_path / "token"
+        token_file.write_text("federated-jwt-Rr55")
+        world.add(
+            "good",
+            ade_tokens=[ade_item("A")],
+            vpp_tokens=[vpp_item("V")],
+            apns_certificate=apns_item(),
+        )
+        world.add(
+            "bad-secret",
+            ade_tokens=[ade_item("B")],
+            credential={"client_secret": "wrong-secret-Pz41"},
+        )
+        world.add(
+            "bad-file",
+            ade_tokens=[ade_item("C")],
+            credential={"client_secret_file": str(secret_file)},
+        )
+        # Registered with another certificate and another federated token: both rejected.
+        _, other_cert = world.cloud.issue_client_certificate("someone-else")
+        world.add(
+            "bad-cert",
+            ade_tokens=[ade_item("D")],
+            app=SimApp(CLIENT_ID, certificate_pem=other_cert),
+            credential={
+                "client_certificate_file": str(pem_file),
+                "client_certificate_password": "pem-pass-Lk30",
+            },
+        )
+        world.add(
+            "bad-federated",
+            ade_tokens=[ade_item("E")],
+            app=SimApp(CLIENT_ID, federated_tokens={"another-token"}),
+            credential={"federated_token_file": str(token_file)},
+        )
+        exporter = await world.exporter()
 
-    await exporter.poll_all_once()
-    await exporter.poll_all_once()
+        await exporter.poll_all_once()
+        await exporter.poll_all_once()
+    finally:
+        for handler in handlers:
+            logging.getLogger().removeHandler(handler)
+        logging.getLogger().setLevel(previous_level)
 
     access_tokens = {r.token for r in world.cloud.graph_requests}
     assert access_tokens, "the scenario made Graph requests"
-    text = caplog.text + repr(exporter.config) + str(exporter.config)
+    key_body = "".join(key_pem.splitlines()[1:-1])[:40]
+    text = streams["logfmt"].getvalue() + streams["json"].getvalue()
+    text += repr(exporter.config) + str(exporter.config)
     for secret in (
         SECRET,
         "wrong-secret-Pz41",
         "file-secret-Wq93",
+        "pem-pass-Lk30",
+        "federated-jwt-Rr55",
+        key_body,
         VPP_SECRET_PREFIX,
         *access_tokens,
     ):
         assert secret not in text
-    assert "AADSTS7000215" in caplog.text  # the failures were logged, just without secrets
+    # The failures were logged, with their fields, just without secrets.
+    for code in ("7000215", "700027"):
+        assert f"aadsts={code}" in streams["logfmt"].getvalue()
+        assert f'"aadsts": {code}' in streams["json"].getvalue()

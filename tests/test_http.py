@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import time
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from exporter.metrics import IntuneCollector, build_registry
 from exporter.server import build_app, parse_listen_address, start_site
 from exporter.service import Exporter
 from exporter.simulator import ADE_PATH, Fault
+from exporter.snapshot import SnapshotStore
 
 from .conftest import World, one, samples_by_name
 from .graph_data import DAY, NOW, VPP_SECRET_PREFIX, ade_item, apns_item, vpp_item
@@ -201,3 +203,44 @@ def test_parse_listen_address(address: str, expected: tuple[str | None, int]) ->
 def test_parse_listen_address_rejects(address: str) -> None:
     with pytest.raises(ValueError, match=r"port|host:port"):
         parse_listen_address(address)
+
+
+async def test_scrapes_do_not_wait_for_a_hanging_graph(
+    world: World, http: aiohttp.ClientSession
+) -> None:
+    sim = world.add("contoso", ade_tokens=[ade_item("A")])
+    world.cloud.fail_next(sim.tenant_id, ADE_PATH, Fault(200, body={"value": []}, delay=20))
+    exporter = await world.exporter(collect=["ade"], request_timeout="60s")
+    runner, base = await serve(exporter)
+    poll = asyncio.create_task(exporter.poll_all_once())
+    try:
+        deadline = time.monotonic() + 10
+        while not world.cloud.token_requests:  # the poll is under way, Graph is hanging
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        async with http.get(f"{base}/metrics", timeout=aiohttp.ClientTimeout(total=5)) as response:
+            samples = samples_by_name(await response.text())
+        assert one(samples, "intune_tenant_up", tenant="contoso") == 0.0
+        assert not poll.done()
+        async with http.get(f"{base}/-/ready") as response:
+            assert response.status == 503
+    finally:
+        poll.cancel()
+        await runner.cleanup()
+
+
+async def test_healthy_turns_503_when_polling_has_died() -> None:
+    alive = True
+    registry = build_registry(IntuneCollector(SnapshotStore().view, 600))
+    app = build_app(SnapshotStore(), registry, healthy=lambda: alive)
+    runner, port = await start_site(app, "127.0.0.1", 0)
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{port}/-/healthy") as response:
+                assert response.status == 200
+            alive = False
+            async with session.get(f"http://127.0.0.1:{port}/-/healthy") as response:
+                assert response.status == 503
+                assert "polling has stopped" in await response.text()
+    finally:
+        await runner.cleanup()
