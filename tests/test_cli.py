@@ -73,8 +73,13 @@ def start(tmp_path: Path, *args: str) -> Running:
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     running = Running(process, log_path)
-    # logfmt `msg=listening address=127.0.0.1:N` or JSON `"msg": "listening", "address": "..."`
-    match = running.wait_for_log(r'listening"?,? "?address"?[=:] ?"?127\.0\.0\.1:(\d+)')
+    try:
+        # logfmt `msg=listening address=127.0.0.1:N` or JSON `"msg": "listening", "address": ...`
+        match = running.wait_for_log(r'listening"?,? "?address"?[=:] ?"?127\.0\.0\.1:(\d+)')
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
     running.base = f"http://127.0.0.1:{match.group(1)}"
     return running
 
