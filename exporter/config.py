@@ -429,11 +429,11 @@ def parse_config(raw: object, file: str, base_dir: Path | None = None) -> Export
     return config
 
 
-def load_config(path: str | os.PathLike[str]) -> ExporterConfig:
-    """Read, substitute and validate the YAML config file at `path`."""
-    file = str(path)
+def read_yaml(path: str | os.PathLike[str]) -> Any:
+    """Read a YAML file; a missing, unreadable or malformed file is a `ConfigError`."""
+    file = os.fspath(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(file).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(file, "", "the file does not exist") from None
     except PermissionError:
@@ -441,13 +441,18 @@ def load_config(path: str | os.PathLike[str]) -> ExporterConfig:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(file, "", f"the file cannot be read: {exc}") from None
     try:
-        raw = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "syntax error"
         raise ConfigError(file, "", f"invalid YAML{where}: {problem}") from None
-    config = parse_config(raw, file, Path(path).resolve().parent)
+
+
+def load_config(path: str | os.PathLike[str]) -> ExporterConfig:
+    """Read, substitute and validate the YAML config file at `path`."""
+    file = os.fspath(path)
+    config = parse_config(read_yaml(file), file, Path(file).resolve().parent)
     if config.poll_interval < MIN_SANE_POLL_INTERVAL:
         log.warning(
             "poll_interval is under a minute; Apple tokens change daily at most, and Intune "

@@ -47,14 +47,13 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 import bcrypt
-import yaml
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from exporter.config import ConfigError
+from exporter.config import ConfigError, read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -319,17 +318,7 @@ def load_web_config(path: str | os.PathLike[str]) -> WebConfig:
     Relative file paths are resolved against the web config file's directory, as in the toolkit.
     """
     name = os.fspath(path)
-    try:
-        text = Path(name).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(name, "", f"cannot read file: {_describe_os_error(exc)}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "syntax error"
-        raise ConfigError(name, "", f"invalid YAML{where}: {problem}") from None
+    raw = read_yaml(name)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

@@ -769,7 +769,7 @@ def test_unreadable_file(tmp_path: Path) -> None:
     missing = tmp_path / "absent.yml"
     with pytest.raises(ConfigError) as caught:
         load_web_config(missing)
-    assert str(caught.value) == f"{missing}: cannot read file: No such file or directory"
+    assert str(caught.value) == f"{missing}: the file does not exist"
 
 
 def test_relative_paths_resolve_against_config_dir(

@@ -10,7 +10,7 @@ from .. import links
 from ..graph import GraphClient
 from ..graphtime import parse_graph_datetime
 from ..metric_spec import MetricSpec
-from .base import Records, Sample, StatusRow, days_until, integer, text
+from .base import Records, Sample, StatusRow, days_until, integer, text, unique_by_id
 
 PATH: Final = "/beta/deviceManagement/depOnboardingSettings"
 SELECT: Final = (
@@ -140,9 +140,7 @@ class AdeCollector:
 
     async def fetch(self, graph: GraphClient) -> Records:
         items = await graph.get_collection(PATH, SELECT)
-        # By id: an item repeated across a page boundary must not become a duplicate series.
-        tokens = {token.id: token for item in items if (token := parse_token(item)) is not None}
-        return tuple(tokens.values())
+        return unique_by_id(token for item in items if (token := parse_token(item)) is not None)
 
     def samples(self, tenant: str, records: Records, now: float) -> Iterator[Sample]:
         token: AdeToken

@@ -8,7 +8,7 @@ talk to this interface, so a new kind of credential is one new module plus one r
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -68,6 +68,11 @@ class CredentialCollector(Protocol):
     def status_rows(self, records: Records) -> list[StatusRow]:
         """Rows for the HTML status page."""
         ...
+
+
+def unique_by_id(records: Iterable[Any]) -> Records:
+    """One record per `id`: an item Graph repeats across a page boundary is not a new series."""
+    return tuple({record.id: record for record in records}.values())
 
 
 def text(item: dict[str, Any], key: str) -> str:
