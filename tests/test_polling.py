@@ -679,3 +679,15 @@ async def test_polling_goes_on_by_itself(world: World) -> None:
     assert exporter.store.tenant("a").up and exporter.store.tenant("b").up
     # Each poll used the one cached token: three polls of two tenants, two token requests.
     assert len(world.cloud.token_requests) == 2
+
+
+async def test_an_item_repeated_across_pages_is_one_series(world: World) -> None:
+    tokens = [ade_item(f"T{n}") for n in range(3)]
+    sim = world.add("contoso", ade_tokens=[*tokens, tokens[1]], page_size=2)
+    exporter = await world.exporter(collect=["ade"])
+
+    await exporter.poll_all_once()
+
+    assert len(world.cloud.requests_for(sim.tenant_id, ADE_PATH)) == 2
+    names = [labels["token_name"] for labels, _ in scrape(exporter)["intune_ade_token_info"]]
+    assert sorted(names) == ["T0", "T1", "T2"]
