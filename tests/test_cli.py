@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -17,7 +19,9 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import bcrypt
 import pytest
+import trustme
 
 from exporter.metrics import metric_specs
 
@@ -241,3 +245,71 @@ def test_sigterm_exits_promptly_while_a_token_request_hangs(tmp_path: Path) -> N
             running.process.kill()
             running.process.wait()
         listener.close()
+
+
+def _web_config(tmp_path: Path) -> tuple[Path, trustme.CA]:
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1")
+    server.cert_chain_pems[0].write_to_path(str(tmp_path / "tls.crt"))
+    server.private_key_pem.write_to_path(str(tmp_path / "tls.key"))
+    password_hash = bcrypt.hashpw(b"scrape-pass", bcrypt.gensalt(rounds=4)).decode()
+    web = tmp_path / "web.yml"
+    web.write_text(
+        "tls_server_config:\n"
+        "  cert_file: tls.crt\n"
+        "  key_file: tls.key\n"
+        "basic_auth_users:\n"
+        f"  prometheus: '{password_hash}'\n"
+    )
+    return web, ca
+
+
+def test_check_config_covers_the_web_config(tmp_path: Path) -> None:
+    web, _ = _web_config(tmp_path)
+    ok = subprocess.run(
+        [sys.executable, "-m", "exporter", "--demo", "--check-config", f"--web.config.file={web}"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert "TLS on" in ok.stdout and "basic auth for 1 user" in ok.stdout
+    web.write_text(
+        "tls_server_config:\n  cert_file: missing.crt\n  key_file: tls.key\n  bogus: 1\n"
+    )
+    bad = subprocess.run(
+        [sys.executable, "-m", "exporter", "--demo", "--check-config", f"--web.config.file={web}"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert f"invalid configuration: {web}: tls_server_config" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_tls_and_basic_auth_on_the_running_exporter(tmp_path: Path) -> None:
+    web, ca = _web_config(tmp_path)
+    running = start(tmp_path, "--demo", f"--web.config.file={web}")
+    try:
+        base = running.base.replace("http://", "https://")
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+
+        def get(path: str, auth: str | None = None) -> tuple[int, dict[str, str]]:
+            request = urllib.request.Request(base + path)
+            if auth:
+                request.add_header(
+                    "Authorization", "Basic " + base64.b64encode(auth.encode()).decode()
+                )
+            try:
+                with urllib.request.urlopen(request, timeout=5, context=context) as response:
+                    return response.status, dict(response.headers)
+            except urllib.error.HTTPError as error:
+                return error.code, dict(error.headers)
+
+        assert get("/-/healthy")[0] == 200  # liveness probes need no password
+        status, headers = get("/metrics")
+        assert status == 401 and headers["WWW-Authenticate"].startswith("Basic")
+        assert get("/metrics", "prometheus:wrong")[0] == 401
+        assert get("/", "prometheus:scrape-pass")[0] == 200
+        assert get("/metrics", "prometheus:scrape-pass")[0] == 200
+    finally:
+        running.process.send_signal(signal.SIGTERM)
+        running.process.wait(timeout=10)

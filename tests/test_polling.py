@@ -693,3 +693,16 @@ async def test_an_item_repeated_across_pages_is_one_series(world: World) -> None
     assert len(world.cloud.requests_for(sim.tenant_id, ADE_PATH)) == 2
     names = [labels["token_name"] for labels, _ in scrape(exporter)["intune_ade_token_info"]]
     assert sorted(names) == ["T0", "T1", "T2"]
+
+
+async def test_vpp_collection_over_several_pages(world: World) -> None:
+    sim = world.add(
+        "contoso", vpp_tokens=[vpp_item(f"Location {n}") for n in range(7)], page_size=3
+    )
+    exporter = await world.exporter(collect=["vpp"])
+
+    await exporter.poll_all_once()
+
+    assert len(world.cloud.requests_for(sim.tenant_id, VPP_PATH)) == 3
+    names = {labels["token_name"] for labels, _ in scrape(exporter)["intune_vpp_token_info"]}
+    assert names == {f"Location {n}" for n in range(7)}
