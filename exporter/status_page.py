@@ -9,7 +9,7 @@ from html import escape
 from typing import Final
 
 from . import __version__
-from .collectors.base import SECONDS_PER_DAY, CredentialCollector, StatusRow
+from .collectors.base import SECONDS_PER_DAY, CredentialCollector, StatusRow, iso_date
 from .errors import PollError
 from .snapshot import StoreView, TenantState
 
@@ -29,12 +29,6 @@ tr.warning td{background:#fff8d6}td.problem{color:#c62828;font-weight:600}
 .num{text-align:right;font-variant-numeric:tabular-nums}.nowrap{white-space:nowrap}
 footer{margin-top:2rem;color:#666;font-size:.8rem}
 """
-
-
-def _date(timestamp: float | None) -> str:
-    if timestamp is None:
-        return "never"
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d")
 
 
 def _when(timestamp: float | None) -> str:
@@ -143,7 +137,7 @@ def _credential_row(item: _Assessed, now: float) -> str:
     return (
         f'<tr class="{item.level}"><td>{escape(item.tenant)}</td><td>{escape(row.kind)}</td>'
         f'<td>{name}</td><td class="nowrap">{escape(row.apple_id) or "—"}</td>'
-        f'<td class="num">{days}</td><td class="nowrap">{_date(row.expires_at)}</td>'
+        f'<td class="num">{days}</td><td class="nowrap">{iso_date(row.expires_at)}</td>'
         f'<td class="nowrap">{synced}</td>'
         f'<td class="{"problem" if item.problems else ""}">{problem}</td>'
         f"<td>{' · '.join(links)}</td></tr>"
@@ -188,8 +182,7 @@ def render_status_page(
             rows = collector.status_rows(state.records)
             assessed.extend(_assess(tenant.name, row, now) for row in rows)
             if not rows and collector.empty_note:
-                kind, _, text = collector.empty_note.partition(": ")
-                notes.append(_note_row(tenant.name, kind, text))
+                notes.append(_note_row(tenant.name, collector.kind, collector.empty_note))
     assessed.sort(
         key=lambda item: (
             not item.needs_attention,

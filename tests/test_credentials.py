@@ -18,6 +18,19 @@ from .conftest import CLIENT_ID, SECRET, World
 from .graph_data import VPP_SECRET_PREFIX, ade_item, apns_item, vpp_item
 
 
+def encrypted_client_pem(tmp_path: Path, key_pem: str, cert_pem: str, password: str) -> Path:
+    """A client certificate file whose private key is encrypted with `password`."""
+    key = serialization.load_pem_private_key(key_pem.encode(), None)
+    encrypted = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(password.encode()),
+    ).decode()
+    pem_file = tmp_path / "client.pem"
+    pem_file.write_text(encrypted + cert_pem)
+    return pem_file
+
+
 async def test_client_secret_is_sent_and_checked(world: World) -> None:
     world.add("contoso", ade_tokens=[ade_item("A")])
     exporter = await world.exporter(collect=["ade"])
@@ -95,14 +108,7 @@ async def test_client_certificate_signs_an_assertion_with_x5c(world: World, tmp_
 
 async def test_encrypted_client_certificate_with_password(world: World, tmp_path: Path) -> None:
     key_pem, cert_pem = world.cloud.issue_client_certificate("exporter.contoso.example")
-    key = serialization.load_pem_private_key(key_pem.encode(), None)
-    encrypted = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(b"pem-pass-Qx7"),
-    ).decode()
-    pem_file = tmp_path / "client.pem"
-    pem_file.write_text(encrypted + cert_pem)
+    pem_file = encrypted_client_pem(tmp_path, key_pem, cert_pem, "pem-pass-Qx7")
     app = SimApp(CLIENT_ID, certificate_pem=cert_pem)
     world.add(
         "contoso",
@@ -208,14 +214,7 @@ async def test_secrets_never_reach_the_logs(world: World, tmp_path: Path) -> Non
         secret_file = tmp_path / "secret"
         secret_file.write_text("file-secret-Wq93")
         key_pem, cert_pem = world.cloud.issue_client_certificate("exporter")
-        key = serialization.load_pem_private_key(key_pem.encode(), None)
-        encrypted = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.BestAvailableEncryption(b"pem-pass-Lk30"),
-        ).decode()
-        pem_file = tmp_path / "client.pem"
-        pem_file.write_text(encrypted + cert_pem)
+        pem_file = encrypted_client_pem(tmp_path, key_pem, cert_pem, "pem-pass-Lk30")
         token_file = tmp_path / "token"
         token_file.write_text("federated-jwt-Rr55")
         world.add(

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from exporter import links
+from exporter.collectors.vpp import KNOWN_STATES
 from tests.grafana_queries import (
     DASHBOARD_DIR,
     DEMO_VARIABLES,
@@ -518,14 +519,7 @@ def test_promtool_parses_every_query(tmp_path: Path) -> None:
 # Series shaped like `--demo` (exporter/demo.py) as the exporter exposes them, so that the
 # queries' results can be asserted exactly without starting anything.
 JOB_LABELS = {"job": "intune-apple-token-exporter", "instance": "127.0.0.1:9893"}
-VPP_STATES = (
-    "unknown",
-    "valid",
-    "expired",
-    "invalid",
-    "assignedToExternalMDM",
-    "duplicateLocationId",
-)
+VPP_STATES = KNOWN_STATES
 HOUR, DAY = 3600, 86400
 CONSTANT, RISING = "{}x400", "0+{}x400"  # 400 samples, 15 s apart: 100 minutes of data
 

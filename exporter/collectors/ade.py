@@ -80,6 +80,7 @@ class AdeCollector:
     """ADE/DEP enrollment program tokens."""
 
     name: Final = "ade"
+    kind: Final = "ADE token"
     empty_note: Final = None
     metrics: Final = (
         MetricSpec(
@@ -170,7 +171,7 @@ class AdeCollector:
             code = token.last_sync_error_code
             rows.append(
                 StatusRow(
-                    kind="ADE token",
+                    kind=self.kind,
                     name=token.name,
                     apple_id=token.apple_id,
                     expires_at=token.expires_at,

@@ -5,7 +5,6 @@ A tenant without a certificate answers 404; that is a state (`configured` 0), no
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
@@ -15,7 +14,7 @@ from ..errors import GraphError
 from ..graph import GraphClient
 from ..graphtime import parse_graph_datetime
 from ..metric_spec import MetricSpec
-from .base import Records, Sample, StatusRow, days_until, text
+from .base import Records, Sample, StatusRow, days_until, iso_date, text
 
 PATH: Final = "/beta/deviceManagement/applePushNotificationCertificate"
 # `certificate` (the public certificate body) is large and unused; it is not requested.
@@ -42,10 +41,6 @@ class ApnsCertificate:
     last_modified_at: float | None
 
 
-def _date(timestamp: float | None) -> str:
-    return "unknown" if timestamp is None else time.strftime("%Y-%m-%d", time.gmtime(timestamp))
-
-
 def parse_certificate(item: dict[str, object]) -> ApnsCertificate | None:
     """Map the singleton; None when it carries neither an Apple ID nor an expiry (not set up)."""
     certificate = ApnsCertificate(
@@ -65,7 +60,8 @@ class ApnsCollector:
     """The Apple MDM push certificate."""
 
     name: Final = "apns"
-    empty_note: Final = "APNs certificate: not configured in this tenant"
+    kind: Final = "APNs certificate"
+    empty_note: Final = "not configured in this tenant"
     metrics: Final = (
         MetricSpec(
             "intune_apns_certificate_configured",
@@ -120,10 +116,10 @@ class ApnsCollector:
     def status_rows(self, records: Records) -> list[StatusRow]:
         return [
             StatusRow(
-                kind="APNs certificate",
+                kind=self.kind,
                 name="Apple MDM push certificate",
                 detail=f"topic {certificate.topic_id}, serial {certificate.serial_number}, "
-                f"uploaded {_date(certificate.last_modified_at)}",
+                f"uploaded {iso_date(certificate.last_modified_at)}",
                 apple_id=certificate.apple_id,
                 expires_at=certificate.expires_at,
                 last_sync_at=None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from ..graph import GraphClient
@@ -53,6 +54,11 @@ class CredentialCollector(Protocol):
         ...
 
     @property
+    def kind(self) -> str:
+        """What one credential is called on the status page ("ADE token")."""
+        ...
+
+    @property
     def empty_note(self) -> str | None:
         """What the status page says when a successful poll found nothing (None: say nothing)."""
         ...
@@ -73,6 +79,13 @@ class CredentialCollector(Protocol):
 def unique_by_id(records: Iterable[Any]) -> Records:
     """One record per `id`: an item Graph repeats across a page boundary is not a new series."""
     return tuple({record.id: record for record in records}.values())
+
+
+def iso_date(timestamp: float | None) -> str:
+    """``YYYY-MM-DD`` in UTC, or "never"."""
+    if timestamp is None:
+        return "never"
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d")
 
 
 def text(item: dict[str, Any], key: str) -> str:

@@ -81,6 +81,7 @@ class VppCollector:
     """VPP (Apps and Books) location tokens."""
 
     name: Final = "vpp"
+    kind: Final = "VPP token"
     empty_note: Final = None
     metrics: Final = (
         MetricSpec(
@@ -161,7 +162,7 @@ class VppCollector:
                 problems.append("last sync failed")
             rows.append(
                 StatusRow(
-                    kind="VPP token",
+                    kind=self.kind,
                     name=token.name,
                     apple_id=token.apple_id,
                     expires_at=token.expires_at,
