@@ -11,12 +11,10 @@ import math
 import os
 import re
 import ssl
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -30,6 +28,7 @@ from pydantic import (
 
 from .clouds import CLOUDS, CloudName
 from .credentials import CredentialFileError, load_certificate, read_text_file
+from .yaml_config import ConfigError, key_path, pydantic_problem, read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +43,6 @@ CREDENTIAL_KEYS: Final = (
 _CREDENTIAL_GROUP: Final = (*CREDENTIAL_KEYS, "client_certificate_password")
 
 MIN_SANE_POLL_INTERVAL: Final = 60.0
-
-
-class ConfigError(Exception):
-    """A configuration problem, located by file and key path; never carries a secret value."""
-
-    def __init__(self, file: str, key: str, problem: str) -> None:
-        self.file = file
-        self.key = key
-        self.problem = problem
-        super().__init__(f"{file}: {key}: {problem}" if key else f"{file}: {problem}")
 
 
 _DURATION_RE: Final = re.compile(
@@ -250,13 +239,6 @@ class ExporterConfig(BaseModel):
 _ENV_RE: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def _key_path(loc: tuple[int | str, ...]) -> str:
-    path = ""
-    for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path
-
-
 def _substitute_env(node: Any, loc: tuple[int | str, ...], file: str) -> Any:
     if isinstance(node, str):
 
@@ -264,7 +246,7 @@ def _substitute_env(node: Any, loc: tuple[int | str, ...], file: str) -> Any:
             name = match.group(1)
             value = os.environ.get(name)
             if value is None:
-                raise ConfigError(file, _key_path(loc), f"environment variable {name} is not set")
+                raise ConfigError(file, key_path(loc), f"environment variable {name} is not set")
             return value
 
         return _ENV_RE.sub(replace, node)
@@ -273,17 +255,6 @@ def _substitute_env(node: Any, loc: tuple[int | str, ...], file: str) -> Any:
     if isinstance(node, list):
         return [_substitute_env(v, (*loc, i), file) for i, v in enumerate(node)]
     return node
-
-
-def _pydantic_problem(error: Mapping[str, Any]) -> str:
-    kind = error.get("type", "")
-    if kind == "extra_forbidden":
-        return "unknown key"
-    if kind == "missing":
-        return "is required"
-    message = str(error.get("msg", "is invalid"))
-    # Pydantic prefixes messages of our own validators; the key path already says where.
-    return message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
 
 
 def _merge_defaults(raw: dict[str, Any], file: str) -> tuple[dict[str, Any], dict[int, set[str]]]:
@@ -407,7 +378,7 @@ def parse_config(raw: object, file: str, base_dir: Path | None = None) -> Export
     except ValidationError as exc:
         error = exc.errors()[0]
         loc = tuple(error["loc"])
-        key = _key_path(loc)
+        key = key_path(loc)
         if (
             len(loc) >= 3
             and loc[0] == "tenants"
@@ -415,7 +386,7 @@ def parse_config(raw: object, file: str, base_dir: Path | None = None) -> Export
             and str(loc[2]) in inherited.get(loc[1], ())
         ):
             key = f"defaults.{loc[2]} (inherited by tenants[{loc[1]}])"
-        raise ConfigError(file, key, _pydantic_problem(error)) from None
+        raise ConfigError(file, key, pydantic_problem(ExporterConfig, error)) from None
     seen: dict[str, int] = {}
     for index, tenant in enumerate(config.tenants):
         if tenant.name in seen:
@@ -427,26 +398,6 @@ def parse_config(raw: object, file: str, base_dir: Path | None = None) -> Export
         seen[tenant.name] = index
     _check_files(config, file, inherited)
     return config
-
-
-def read_yaml(path: str | os.PathLike[str]) -> Any:
-    """Read a YAML file; a missing, unreadable or malformed file is a `ConfigError`."""
-    file = os.fspath(path)
-    try:
-        text = Path(file).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(file, "", "the file does not exist") from None
-    except PermissionError:
-        raise ConfigError(file, "", "the file is not readable (permission denied)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(file, "", f"the file cannot be read: {exc}") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "syntax error"
-        raise ConfigError(file, "", f"invalid YAML{where}: {problem}") from None
 
 
 def load_config(path: str | os.PathLike[str]) -> ExporterConfig:

@@ -605,14 +605,14 @@ def test_variable_set_to_empty_secret_is_an_error(
 def test_unknown_top_level_key(tmp_path: Path) -> None:
     err = error_of(tmp_path, {"poll_intervall": "10m", **one()})
     assert err.key == "poll_intervall"
-    assert err.problem == "unknown key"
+    assert err.problem.startswith("unknown key (valid keys: poll_interval, request_timeout,")
 
 
 def test_unknown_tenant_key(tmp_path: Path) -> None:
     doc = {"tenants": [tenant("a", 0), tenant("b", 1, client_secrett=SECRET)]}
     err = error_of(tmp_path, doc)
     assert err.key == "tenants[1].client_secrett"
-    assert err.problem == "unknown key"
+    assert err.problem.startswith("unknown key (valid keys: name, tenant_id, client_id,")
     assert_secret_absent(err, SECRET)
 
 
