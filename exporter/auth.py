@@ -12,14 +12,15 @@ import logging
 import re
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Any, Final, Protocol, TypeVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 import msal
 import requests
 from msal.authority import WELL_KNOWN_AUTHORITY_HOSTS
 
-from .config import TenantConfig
 from .credentials import CredentialFileError, load_certificate, read_text_file
 from .errors import AuthError, PollError
 
@@ -43,16 +44,47 @@ AADSTS_HINTS: Final[dict[int, str]] = {
 _AADSTS_RE: Final = re.compile(r"AADSTS(\d+)")
 
 
-class TokenProvider(Protocol):
-    """Gives bearer tokens for one tenant's Graph."""
+@dataclass(frozen=True)
+class ClientSecret:
+    """A client secret given in the config (from `${VAR}`)."""
 
-    async def token(self) -> str:
-        """A valid access token; raises `PollError` (reason auth, timeout, network)."""
-        ...
+    value: str = field(repr=False)
 
-    async def invalidate(self, token: str) -> None:
-        """Forget `token` (Graph said 401) so that the next `token()` fetches a fresh one."""
-        ...
+
+@dataclass(frozen=True)
+class ClientSecretFile:
+    """A file holding the client secret; read again when it changes."""
+
+    path: Path
+
+
+@dataclass(frozen=True)
+class ClientCertificateFile:
+    """A PEM with the private key and the certificate (chain)."""
+
+    path: Path
+    password: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class FederatedTokenFile:
+    """A federated token (workload identity), read again for every new access token."""
+
+    path: Path
+
+
+CredentialSource = ClientSecret | ClientSecretFile | ClientCertificateFile | FederatedTokenFile
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """Everything a token provider needs: no more of the tenant's config than this."""
+
+    tenant: str  # the tenant's name, for log lines
+    authority: str  # https://host[:port]/<tenant id>
+    client_id: str
+    scope: str  # {graph}/.default
+    credential: CredentialSource
 
 
 def describe_entra_error(result: dict[str, Any]) -> tuple[str, int | None]:
@@ -80,12 +112,11 @@ class MsalTokenProvider:
     """Client-credentials tokens for one tenant through MSAL, with its configured credential."""
 
     def __init__(
-        self, tenant: TenantConfig, *, http_client: requests.Session, executor: Executor
+        self, settings: AuthSettings, *, http_client: requests.Session, executor: Executor
     ) -> None:
-        self._tenant = tenant
+        self._settings = settings
         self._http_client = http_client
         self._executor = executor
-        self._scope = f"{tenant.graph_url}/.default"
         self._app: msal.ConfidentialClientApplication | None = None
         self._credential_stamp: object = None
         self._lock = asyncio.Lock()
@@ -108,10 +139,10 @@ class MsalTokenProvider:
 
     def _stamp(self) -> object:
         """Cheap identity of the credential on disk; a change (rotation) means a fresh client."""
-        tenant = self._tenant
-        path = tenant.client_secret_file or tenant.client_certificate_file
-        if path is None:
+        source = self._settings.credential
+        if not isinstance(source, ClientSecretFile | ClientCertificateFile):
             return None
+        path = source.path
         try:
             st = path.stat()
         except OSError:
@@ -120,18 +151,14 @@ class MsalTokenProvider:
 
     def _credential(self) -> Any:
         """The credential in the shape `ConfidentialClientApplication` takes."""
-        tenant = self._tenant
+        source = self._settings.credential
         try:
-            if tenant.client_secret is not None:
-                return tenant.client_secret.get_secret_value()
-            if tenant.client_secret_file is not None:
-                return read_text_file(tenant.client_secret_file, "secret file")
-            if tenant.client_certificate_file is not None:
-                password = tenant.client_certificate_password
-                cert = load_certificate(
-                    tenant.client_certificate_file,
-                    password.get_secret_value() if password else None,
-                )
+            if isinstance(source, ClientSecret):
+                return source.value
+            if isinstance(source, ClientSecretFile):
+                return read_text_file(source.path, "secret file")
+            if isinstance(source, ClientCertificateFile):
+                cert = load_certificate(source.path, source.password)
                 # public_certificate enables subject-name/issuer auth (x5c header); MSAL
                 # derives the SHA-256 thumbprint from it.
                 credential = {
@@ -141,29 +168,27 @@ class MsalTokenProvider:
                 if cert.passphrase:
                     credential["passphrase"] = cert.passphrase
                 return credential
-            if tenant.federated_token_file is not None:
-                path = tenant.federated_token_file
+            path = source.path
 
-                def assertion() -> str:
-                    # Re-read on every call: workload identity rotates the projected token.
-                    return read_text_file(path, "federated token file")
+            def assertion() -> str:
+                # Re-read on every call: workload identity rotates the projected token.
+                return read_text_file(path, "federated token file")
 
-                return {"client_assertion": assertion}
+            return {"client_assertion": assertion}
         except CredentialFileError as exc:
             raise AuthError(f"cannot read the credential: {exc}") from None
-        raise AuthError("no credential configured")  # unreachable: config validation ensures one
 
     def _client(self) -> msal.ConfidentialClientApplication:
         stamp = self._stamp()
         if self._app is not None and stamp == self._credential_stamp:
             return self._app
         credential = self._credential()
-        tenant = self._tenant
-        authority = f"{tenant.authority_url}/{tenant.tenant_id}"
+        settings = self._settings
+        authority = settings.authority
         host = urlsplit(authority).hostname or ""
         try:
             app = msal.ConfidentialClientApplication(
-                tenant.client_id,
+                settings.client_id,
                 client_credential=credential,
                 authority=authority,
                 # Its adapter carries the timeout: MSAL ignores `timeout=` with an http_client.
@@ -192,7 +217,7 @@ class MsalTokenProvider:
         if self._app is not None:
             log.info(
                 "credential changed on disk; rebuilt the MSAL client",
-                extra={"tenant": tenant.name},
+                extra={"tenant": settings.tenant},
             )
         self._app, self._credential_stamp = app, stamp
         return app
@@ -200,7 +225,7 @@ class MsalTokenProvider:
     def _acquire(self) -> str:
         app = self._client()
         try:
-            result: dict[str, Any] = app.acquire_token_for_client(scopes=[self._scope])
+            result: dict[str, Any] = app.acquire_token_for_client(scopes=[self._settings.scope])
         except requests.Timeout:
             raise PollError("timeout", "timed out requesting a token from Entra ID") from None
         except CredentialFileError as exc:  # raised by the federated-token callable

@@ -10,17 +10,16 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from . import __version__
-from .config import ConfigError, ExporterConfig, load_config
-from .demo import demo_config, start_demo_cloud
+from .config import ExporterConfig, load_config
 from .logs import configure_logging
 from .metrics import IntuneCollector, build_registry
 from .server import DEFAULT_PORT, build_app, parse_listen_address, start_site
 from .service import Exporter
-from .simulator import SimulatedCloud
 from .webconfig import WebConfig, load_web_config
+from .yaml_config import ConfigError
 
 log = logging.getLogger("exporter")
 
@@ -74,7 +73,9 @@ async def _run(
     web_config: WebConfig | None,
     host: str | None,
     port: int,
-    demo_cloud: SimulatedCloud | None,
+    *,
+    ca_data: str | None = None,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -88,7 +89,7 @@ async def _run(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal)
 
-    exporter = Exporter(config, ca_data=demo_cloud.ca_pem if demo_cloud else None)
+    exporter = Exporter(config, ca_data=ca_data)
     registry = build_registry(IntuneCollector(exporter.store.view, config.poll_interval))
     middleware = web_config.middleware() if web_config else None
     app = build_app(
@@ -115,18 +116,21 @@ async def _run(
     finally:
         await exporter.close()
         await runner.cleanup()
-        if demo_cloud is not None:
-            await demo_cloud.stop()
+        if on_stop is not None:
+            await on_stop()
 
 
 async def _run_demo(web_config: WebConfig | None, host: str | None, port: int) -> None:
+    # Only the demo loads the simulator (and its throw-away CA).
+    from .demo import demo_config, start_demo_cloud
+
     cloud = await start_demo_cloud()
     config = demo_config(cloud.base_url)
     log.info(
         "demo mode: simulated Entra ID and Graph",
         extra={"simulator": cloud.base_url, "tenants": len(config.tenants)},
     )
-    await _run(config, web_config, host, port, cloud)
+    await _run(config, web_config, host, port, ca_data=cloud.ca_pem, on_stop=cloud.stop)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -154,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config is None:
             asyncio.run(_run_demo(web_config, host, port))
         else:
-            asyncio.run(_run(config, web_config, host, port, None))
+            asyncio.run(_run(config, web_config, host, port))
     return 0
 
 

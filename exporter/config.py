@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from .clouds import CLOUDS, CloudName
+from .collector_names import COLLECTOR_NAMES, DEFAULT_COLLECTORS
 from .credentials import CredentialFileError, load_certificate, read_text_file
 from .yaml_config import ConfigError, key_path, pydantic_problem, read_yaml
 
@@ -81,23 +82,15 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
 def _known_collectors(value: object) -> object:
-    # Deferred import: the collectors import the Graph client, which imports this module.
-    from .collectors import COLLECTORS
-
     if isinstance(value, list | tuple):
+        known = ", ".join(COLLECTOR_NAMES)
         if not value:
-            raise ValueError(f"must name at least one collector ({', '.join(COLLECTORS)})")
+            raise ValueError(f"must name at least one collector ({known})")
         for name in value:
-            if name not in COLLECTORS:
-                raise ValueError(f"unknown collector {name!r}; choose from {', '.join(COLLECTORS)}")
+            if name not in COLLECTOR_NAMES:
+                raise ValueError(f"unknown collector {name!r}; choose from {known}")
         return tuple(dict.fromkeys(value))
     return value
-
-
-def _all_collectors() -> tuple[str, ...]:
-    from .collectors import COLLECTORS
-
-    return tuple(COLLECTORS)
 
 
 Collectors = Annotated[tuple[str, ...], BeforeValidator(_known_collectors)]
@@ -226,7 +219,7 @@ class ExporterConfig(BaseModel):
     poll_interval: Duration = 600.0
     request_timeout: Duration = 30.0
     max_concurrency: Count = Field(default=16, ge=1, le=1024)
-    collect: Collectors = Field(default_factory=_all_collectors)
+    collect: Collectors = DEFAULT_COLLECTORS
     tenants: tuple[TenantConfig, ...] = Field(min_length=1)
 
     def collectors_for(self, tenant: TenantConfig) -> tuple[str, ...]:

@@ -1,4 +1,7 @@
-"""A small Microsoft Graph client: bearer auth, OData paging, retries, and readable errors."""
+"""A small Microsoft Graph client: bearer auth, OData paging, retries, and readable errors.
+
+`GraphClient` satisfies the credential kinds' `GraphReader` protocol.
+"""
 
 from __future__ import annotations
 
@@ -11,16 +14,27 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from . import __version__
-from .auth import TokenProvider
 from .errors import GraphError, PollError, Reason
+from .records import JsonObject
 
-JsonObject = dict[str, Any]
+
+class TokenProvider(Protocol):
+    """Gives bearer tokens for one tenant's Graph (`exporter.auth` has MSAL's)."""
+
+    async def token(self) -> str:
+        """A valid access token; raises `PollError` (reason auth, timeout, network)."""
+        ...
+
+    async def invalidate(self, token: str) -> None:
+        """Forget `token` (Graph said 401) so that the next `token()` fetches a fresh one."""
+        ...
+
 
 RETRYABLE_STATUSES: Final = frozenset({429, 503, 504})
 # 2,000 ADE or 3,000 VPP tokens fit in far fewer pages; more means a nextLink loop.

@@ -14,8 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from . import __version__
-from .collectors import COLLECTORS
-from .collectors.base import CredentialCollector
+from .kinds import KINDS, CredentialKind
 from .metric_spec import MetricSpec
 from .snapshot import StoreView
 
@@ -90,9 +89,9 @@ HEALTH_METRICS: Final = (
 )
 
 
-def metric_specs(collectors: Iterable[CredentialCollector] | None = None) -> list[MetricSpec]:
+def metric_specs(collectors: Iterable[CredentialKind] | None = None) -> list[MetricSpec]:
     """Every metric the exporter can expose (all registered collectors unless given)."""
-    chosen = COLLECTORS.values() if collectors is None else collectors
+    chosen = KINDS.values() if collectors is None else collectors
     return [spec for collector in chosen for spec in collector.metrics] + list(HEALTH_METRICS)
 
 
@@ -111,7 +110,7 @@ class IntuneCollector(Collector):
         self,
         view: Callable[[], StoreView],
         poll_interval: float,
-        collectors: Mapping[str, CredentialCollector] = COLLECTORS,
+        collectors: Mapping[str, CredentialKind] = KINDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._view = view

@@ -12,22 +12,23 @@ import logging
 import time
 from collections.abc import Sequence
 
-from .collectors.base import CredentialCollector, Records
 from .errors import AuthError, PollError
-from .graph import GraphClient
+from .kinds import CredentialKind
+from .kinds.reader import GraphReader
+from .records import Records
 from .snapshot import SnapshotStore, TenantState
 
 log = logging.getLogger(__name__)
 
 
 class TenantPoller:
-    """Polls one tenant: every enabled collector, concurrently, sharing one token provider."""
+    """Polls one tenant: every enabled credential kind, concurrently, sharing one token."""
 
     def __init__(
         self,
         name: str,
-        collectors: Sequence[CredentialCollector],
-        graph: GraphClient,
+        collectors: Sequence[CredentialKind],
+        graph: GraphReader,
         store: SnapshotStore,
     ) -> None:
         self.name = name
@@ -46,7 +47,7 @@ class TenantPoller:
         self._log(results, duration)
         return state
 
-    async def _fetch(self, collector: CredentialCollector) -> Records | PollError:
+    async def _fetch(self, collector: CredentialKind) -> Records | PollError:
         try:
             return await collector.fetch(self._graph)
         except PollError as exc:

@@ -12,8 +12,7 @@ from aiohttp.typedefs import Middleware
 from prometheus_client.aiohttp import make_aiohttp_handler
 from prometheus_client.registry import CollectorRegistry
 
-from .collectors import COLLECTORS
-from .collectors.base import CredentialCollector
+from .kinds import KINDS, CredentialKind
 from .snapshot import SnapshotStore
 from .status_page import render_status_page
 
@@ -39,7 +38,7 @@ def build_app(
     store: SnapshotStore,
     registry: CollectorRegistry,
     *,
-    collectors: Mapping[str, CredentialCollector] = COLLECTORS,
+    collectors: Mapping[str, CredentialKind] = KINDS,
     middlewares: Sequence[Middleware] = (),
     clock: Callable[[], float] = time.time,
     healthy: Callable[[], bool] = lambda: True,

@@ -11,10 +11,18 @@ from concurrent.futures import ThreadPoolExecutor
 import aiohttp
 import requests
 
-from .auth import MsalTokenProvider
-from .collectors import COLLECTORS
-from .config import ExporterConfig
+from .auth import (
+    AuthSettings,
+    ClientCertificateFile,
+    ClientSecret,
+    ClientSecretFile,
+    CredentialSource,
+    FederatedTokenFile,
+    MsalTokenProvider,
+)
+from .config import ExporterConfig, TenantConfig
 from .graph import GraphClient, RetryPolicy
+from .kinds import KINDS
 from .pollers import Scheduler, TenantPoller
 from .snapshot import SnapshotStore
 from .tls import TrustStore
@@ -72,7 +80,9 @@ class Exporter:
         for tenant in config.tenants:
             msal_session = self._trust.requests_session(tenant.ca_file, config.request_timeout)
             self._msal_sessions.append(msal_session)
-            tokens = MsalTokenProvider(tenant, http_client=msal_session, executor=self._executor)
+            tokens = MsalTokenProvider(
+                auth_settings(tenant), http_client=msal_session, executor=self._executor
+            )
             graph = GraphClient(
                 self._session,
                 tenant.graph_url,
@@ -82,7 +92,7 @@ class Exporter:
                 retry=self._retry,
                 on_response=self._request_counter(tenant.name),
             )
-            collectors = [COLLECTORS[c] for c in config.collectors_for(tenant)]
+            collectors = [KINDS[c] for c in config.collectors_for(tenant)]
             pollers.append(TenantPoller(tenant.name, collectors, graph, self.store))
         self._scheduler = Scheduler(pollers, config.poll_interval, config.max_concurrency)
 
@@ -120,3 +130,29 @@ class Exporter:
         for session in self._msal_sessions:
             session.close()
         self._msal_sessions.clear()
+
+
+def credential_source(tenant: TenantConfig) -> CredentialSource:
+    """The one credential a validated tenant config names."""
+    if tenant.client_secret is not None:
+        return ClientSecret(tenant.client_secret.get_secret_value())
+    if tenant.client_secret_file is not None:
+        return ClientSecretFile(tenant.client_secret_file)
+    if tenant.client_certificate_file is not None:
+        password = tenant.client_certificate_password
+        return ClientCertificateFile(
+            tenant.client_certificate_file, password.get_secret_value() if password else None
+        )
+    assert tenant.federated_token_file is not None  # config validation ensures exactly one
+    return FederatedTokenFile(tenant.federated_token_file)
+
+
+def auth_settings(tenant: TenantConfig) -> AuthSettings:
+    """What the token provider of `tenant` needs, and nothing more of its config."""
+    return AuthSettings(
+        tenant=tenant.name,
+        authority=f"{tenant.authority_url}/{tenant.tenant_id}",
+        client_id=tenant.client_id,
+        scope=f"{tenant.graph_url}/.default",
+        credential=credential_source(tenant),
+    )

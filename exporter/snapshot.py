@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
-from .collectors.base import Records
 from .errors import PollError, Reason
+from .records import Records
 
 # Pre-created at 0 so that `increase()` in alert rules sees the very first error.
 PRECREATED_REASONS: tuple[Reason, ...] = ("auth", "forbidden")

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from html import escape
 from typing import Final
 
 from . import __version__
-from .collectors.base import SECONDS_PER_DAY, CredentialCollector, StatusRow, iso_date
 from .errors import PollError
+from .kinds import CredentialKind
+from .kinds.base import StatusRow
 from .snapshot import StoreView, TenantState
+from .timetext import age_text, date_text, datetime_text, days_until, span_text
 
 # The same thresholds as the alert rules (prometheus/alerts.yaml).
 WARNING_DAYS: Final = 30.0
@@ -31,24 +32,6 @@ footer{margin-top:2rem;color:#666;font-size:.8rem}
 """
 
 
-def _when(timestamp: float | None) -> str:
-    if timestamp is None:
-        return "never"
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _span(seconds: float) -> str:
-    if seconds < 3600:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 2 * SECONDS_PER_DAY:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / SECONDS_PER_DAY:.1f} d"
-
-
-def _age(timestamp: float | None, now: float) -> str:
-    return "never" if timestamp is None else f"{_span(max(0.0, now - timestamp))} ago"
-
-
 @dataclass(frozen=True)
 class _Assessed:
     """A credential row with what the page concludes about it at `now`."""
@@ -65,7 +48,7 @@ class _Assessed:
 
 
 def _assess(tenant: str, row: StatusRow, now: float) -> _Assessed:
-    days = None if row.expires_at is None else (row.expires_at - now) / SECONDS_PER_DAY
+    days = None if row.expires_at is None else days_until(row.expires_at, now)
     problems: list[str] = []
     level = ""
     if days is not None:
@@ -84,7 +67,7 @@ def _assess(tenant: str, row: StatusRow, now: float) -> _Assessed:
         if row.last_sync_at is None:
             problems.append("never synced")
         elif now - row.last_sync_at > row.stale_sync_after:
-            problems.append(f"no successful sync for {_span(now - row.last_sync_at)}")
+            problems.append(f"no successful sync for {span_text(now - row.last_sync_at)}")
     return _Assessed(tenant, row, days, level, tuple(problems))
 
 
@@ -112,7 +95,7 @@ def _tenant_row(tenant: TenantState) -> str:
     return (
         f"<tr><td>{escape(tenant.name)}</td><td>{status}</td>"
         f"<td>{escape(tenant.tenant_id)}</td><td>{escape(tenant.cloud)}</td>"
-        f'<td class="nowrap">{_when(tenant.last_success_at)}</td>'
+        f'<td class="nowrap">{datetime_text(tenant.last_success_at)}</td>'
         f"<td>{'<br>'.join(errors) or '—'}</td></tr>"
     )
 
@@ -131,13 +114,13 @@ def _credential_row(item: _Assessed, now: float) -> str:
     synced = (
         "—"
         if row.last_sync_at is None and row.stale_sync_after is None
-        else _age(row.last_sync_at, now)
+        else age_text(row.last_sync_at, now)
     )
     problem = "; ".join(escape(p) for p in item.problems) or "—"
     return (
         f'<tr class="{item.level}"><td>{escape(item.tenant)}</td><td>{escape(row.kind)}</td>'
         f'<td>{name}</td><td class="nowrap">{escape(row.apple_id) or "—"}</td>'
-        f'<td class="num">{days}</td><td class="nowrap">{iso_date(row.expires_at)}</td>'
+        f'<td class="num">{days}</td><td class="nowrap">{date_text(row.expires_at)}</td>'
         f'<td class="nowrap">{synced}</td>'
         f'<td class="{"problem" if item.problems else ""}">{problem}</td>'
         f"<td>{' · '.join(links)}</td></tr>"
@@ -153,7 +136,7 @@ def _note_row(tenant: str, kind: str, text: str, *, problem: bool = False) -> st
 
 
 def render_status_page(
-    view: StoreView, collectors: Mapping[str, CredentialCollector], now: float
+    view: StoreView, collectors: Mapping[str, CredentialKind], now: float
 ) -> str:
     """The whole page. Every value from Graph or config is escaped; no secret is ever shown.
 
@@ -182,7 +165,7 @@ def render_status_page(
             rows = collector.status_rows(state.records)
             assessed.extend(_assess(tenant.name, row, now) for row in rows)
             if not rows and collector.empty_note:
-                notes.append(_note_row(tenant.name, collector.kind, collector.empty_note))
+                notes.append(_note_row(tenant.name, collector.title, collector.empty_note))
     assessed.sort(
         key=lambda item: (
             not item.needs_attention,
@@ -213,6 +196,6 @@ attention. Those come first, soonest expiry first.
 <table id="credentials"><thead><tr><th>Tenant</th><th>Kind</th><th>Name</th><th>Apple ID</th>
 <th>Days left</th><th>Expires</th><th>Last sync</th><th>Problem</th><th>Docs</th></tr>
 </thead><tbody>{credential_rows}</tbody></table>
-<footer>intune-apple-token-exporter {escape(__version__)} · rendered {_when(now)}</footer>
+<footer>intune-apple-token-exporter {escape(__version__)} · rendered {datetime_text(now)}</footer>
 </body></html>
 """

@@ -53,7 +53,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from exporter.config import ConfigError, read_yaml
+from exporter.yaml_config import ConfigError, read_yaml
 
 log = logging.getLogger(__name__)
 

@@ -54,9 +54,9 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from exporter import __version__  # noqa: E402
 from exporter.config import parse_config  # noqa: E402
-from exporter.demo import _ade, _apns, _vpp  # noqa: E402 - the demo's Graph-shaped records
+from exporter.demo.simulator import SimApp, SimTenant, SimulatedCloud  # noqa: E402
+from exporter.demo.tenants import _ade, _apns, _vpp  # noqa: E402 - the demo's Graph-shaped records
 from exporter.service import Exporter  # noqa: E402
-from exporter.simulator import SimApp, SimTenant, SimulatedCloud  # noqa: E402
 
 CLIENT_ID: Final = "7d3c1b8e-2f4a-4b6c-9e1d-5a8f0c2b7e91"
 SECRET: Final = "benchmark-secret-accepted-by-the-simulator"  # not a real secret

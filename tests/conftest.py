@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from exporter.config import ExporterConfig, parse_config
+from exporter.demo.simulator import SimApp, SimTenant, SimulatedCloud
 from exporter.graph import RetryPolicy
 from exporter.service import Exporter
-from exporter.simulator import SimApp, SimTenant, SimulatedCloud
 
 CLIENT_ID = "11111111-2222-3333-4444-555555555555"
 SECRET = "test-client-secret-Zq8~"  # distinctive, so tests can search logs for it

@@ -6,7 +6,7 @@ import time
 import uuid
 from typing import Any
 
-from exporter.simulator import iso
+from exporter.demo.simulator import iso
 
 DAY = 86400.0
 NOW = time.time()

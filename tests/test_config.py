@@ -22,7 +22,8 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 
 from exporter.cli import main
-from exporter.config import ConfigError, ExporterConfig, TenantConfig, load_config, parse_config
+from exporter.config import ExporterConfig, TenantConfig, load_config, parse_config
+from exporter.yaml_config import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_CONFIG = REPO_ROOT / "config.example.yaml"

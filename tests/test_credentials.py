@@ -11,8 +11,8 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from exporter.demo.simulator import SimApp
 from exporter.logs import JsonFormatter, LogfmtFormatter
-from exporter.simulator import SimApp
 
 from .conftest import CLIENT_ID, SECRET, World
 from .graph_data import VPP_SECRET_PREFIX, ade_item, apns_item, vpp_item

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from exporter import links
-from exporter.collectors.vpp import KNOWN_STATES
+from exporter.kinds.vpp import KNOWN_STATES
 from tests.grafana_queries import (
     DASHBOARD_DIR,
     DEMO_VARIABLES,

@@ -11,10 +11,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from exporter.demo.simulator import ADE_PATH, Fault
 from exporter.metrics import IntuneCollector, build_registry
 from exporter.server import build_app, parse_listen_address, start_site
 from exporter.service import Exporter
-from exporter.simulator import ADE_PATH, Fault
 from exporter.snapshot import SnapshotStore
 
 from .conftest import World, one, samples_by_name

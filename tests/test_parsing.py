@@ -9,11 +9,15 @@ from datetime import UTC, datetime
 
 import pytest
 
+from exporter.demo.simulator import (
+    INTUNE_FORBIDDEN_MESSAGE,
+    graph_error_body,
+    intune_nested_message,
+)
 from exporter.graph import parse_graph_error, parse_retry_after
 from exporter.graphtime import parse_graph_datetime
 from exporter.logs import configure_logging
 from exporter.pollers import next_slot, slot_offsets
-from exporter.simulator import INTUNE_FORBIDDEN_MESSAGE, graph_error_body, intune_nested_message
 
 BASE = datetime(2026, 11, 25, 1, 0, 2, tzinfo=UTC).timestamp()
 

@@ -11,11 +11,7 @@ from collections.abc import Callable
 import pytest
 from prometheus_client import generate_latest
 
-from exporter.errors import PollError
-from exporter.graph import RetryPolicy
-from exporter.metrics import IntuneCollector, build_registry
-from exporter.service import Exporter
-from exporter.simulator import (
+from exporter.demo.simulator import (
     ADE_PATH,
     INTUNE_FORBIDDEN_MESSAGE,
     VPP_PATH,
@@ -23,6 +19,10 @@ from exporter.simulator import (
     graph_error_body,
     intune_nested_message,
 )
+from exporter.errors import PollError
+from exporter.graph import RetryPolicy
+from exporter.metrics import IntuneCollector, build_registry
+from exporter.service import Exporter
 
 from .conftest import SECRET, World, one, samples_by_name
 from .graph_data import DAY, NOW, ade_item, apns_item, vpp_item
@@ -597,12 +597,12 @@ async def test_without_the_ca_tls_verification_fails(world: World) -> None:
 async def test_a_collector_bug_costs_one_collector_one_poll(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from exporter.collectors import COLLECTORS
+    from exporter.kinds import KINDS
     from exporter.pollers import TenantPoller
 
     class Broken:
         name = "vpp"
-        metrics = COLLECTORS["vpp"].metrics
+        metrics = KINDS["vpp"].metrics
 
         async def fetch(self, graph: object) -> tuple[object, ...]:
             raise RuntimeError("boom")
@@ -610,7 +610,7 @@ async def test_a_collector_bug_costs_one_collector_one_poll(
     world.add("contoso", ade_tokens=[ade_item("A")])
     exporter = await world.exporter(collect=["ade", "vpp"])
     graph = exporter._scheduler._pollers[0]._graph  # type: ignore[union-attr]
-    poller = TenantPoller("contoso", [COLLECTORS["ade"], Broken()], graph, exporter.store)  # type: ignore[list-item]
+    poller = TenantPoller("contoso", [KINDS["ade"], Broken()], graph, exporter.store)  # type: ignore[list-item]
 
     state = await poller.poll_once()
 

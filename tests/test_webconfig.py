@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from exporter import webconfig
-from exporter.config import ConfigError
 from exporter.webconfig import WebConfig, load_web_config
+from exporter.yaml_config import ConfigError
 
 PASSWORD = "s3cret-scrape-password"
 # Cost 4 keeps the suite fast; the caching logic does not depend on the cost.

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from typing import Final
 
 from .. import links
-from ..graph import GraphClient
 from ..graphtime import parse_graph_datetime
 from ..metric_spec import MetricSpec
-from .base import Records, Sample, StatusRow, days_until, integer, text, unique_by_id
+from ..records import Records, Sample
+from ..timetext import days_until
+from .base import StatusRow, fetch_collection, integer, text
+from .reader import GraphReader
 
 PATH: Final = "/beta/deviceManagement/depOnboardingSettings"
 SELECT: Final = (
@@ -76,11 +78,11 @@ def sync_error_text(code: int) -> str:
     )
 
 
-class AdeCollector:
+class AdeTokenKind:
     """ADE/DEP enrollment program tokens."""
 
     name: Final = "ade"
-    kind: Final = "ADE token"
+    title: Final = "ADE token"
     empty_note: Final = None
     metrics: Final = (
         MetricSpec(
@@ -139,9 +141,8 @@ class AdeCollector:
         ),
     )
 
-    async def fetch(self, graph: GraphClient) -> Records:
-        items = await graph.get_collection(PATH, SELECT)
-        return unique_by_id(token for item in items if (token := parse_token(item)) is not None)
+    async def fetch(self, graph: GraphReader) -> Records:
+        return await fetch_collection(graph, PATH, SELECT, parse_token)
 
     def samples(self, tenant: str, records: Records, now: float) -> Iterator[Sample]:
         token: AdeToken
@@ -171,7 +172,7 @@ class AdeCollector:
             code = token.last_sync_error_code
             rows.append(
                 StatusRow(
-                    kind=self.kind,
+                    kind=self.title,
                     name=token.name,
                     apple_id=token.apple_id,
                     expires_at=token.expires_at,

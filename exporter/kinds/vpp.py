@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from typing import Final
 
 from .. import links
-from ..graph import GraphClient
 from ..graphtime import parse_graph_datetime
 from ..metric_spec import MetricSpec
-from .base import Records, Sample, StatusRow, days_until, text, unique_by_id
+from ..records import Records, Sample
+from ..timetext import days_until
+from .base import StatusRow, fetch_collection, text
+from .reader import GraphReader
 
 PATH: Final = "/beta/deviceAppManagement/vppTokens"
 SELECT: Final = (
@@ -77,11 +79,11 @@ def parse_token(item: dict[str, object]) -> VppToken | None:
     )
 
 
-class VppCollector:
+class VppTokenKind:
     """VPP (Apps and Books) location tokens."""
 
     name: Final = "vpp"
-    kind: Final = "VPP token"
+    title: Final = "VPP token"
     empty_note: Final = None
     metrics: Final = (
         MetricSpec(
@@ -128,9 +130,8 @@ class VppCollector:
         ),
     )
 
-    async def fetch(self, graph: GraphClient) -> Records:
-        items = await graph.get_collection(PATH, SELECT)
-        return unique_by_id(token for item in items if (token := parse_token(item)) is not None)
+    async def fetch(self, graph: GraphReader) -> Records:
+        return await fetch_collection(graph, PATH, SELECT, parse_token)
 
     def samples(self, tenant: str, records: Records, now: float) -> Iterator[Sample]:
         token: VppToken
@@ -162,7 +163,7 @@ class VppCollector:
                 problems.append("last sync failed")
             rows.append(
                 StatusRow(
-                    kind=self.kind,
+                    kind=self.title,
                     name=token.name,
                     apple_id=token.apple_id,
                     expires_at=token.expires_at,

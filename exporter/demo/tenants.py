@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import Any, Final
 
-from .config import ExporterConfig, parse_config
+from ..config import ExporterConfig, parse_config
 from .simulator import SimApp, SimTenant, SimulatedCloud, iso
 
 DEMO_POLL_INTERVAL: Final = 15.0

@@ -1,34 +1,28 @@
-"""What every Apple-credential collector provides.
+"""What every credential kind provides.
 
-A collector is one module: it fetches and parses its Graph resource into immutable records,
-describes its metrics, turns records into samples at scrape time, and describes its rows for the
-status page. The poller, the snapshot store, the Prometheus collector and the status page only
-talk to this interface, so a new kind of credential is one new module plus one registry line.
+A kind is one module: it fetches and parses its Graph resource into immutable records, describes
+its metrics, turns records into samples, and describes its rows for the status page. The poller,
+the exposition and the status page only talk to this interface, so a new kind of credential is
+one new module plus one registry line. (Its config name is still the `collect:` value and the
+`collector` label: those are public.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from ..graph import GraphClient
 from ..metric_spec import MetricSpec
-
-# (metric name, label values in the spec's order, value)
-Sample = tuple[str, tuple[str, ...], float]
-# The parsed result of one successful fetch; each collector knows its own record type.
-Records = tuple[Any, ...]
-
-SECONDS_PER_DAY = 86400.0
+from ..records import JsonObject, Records, Sample
+from .reader import GraphReader
 
 
 @dataclass(frozen=True)
 class StatusRow:
     """One credential on the status page."""
 
-    kind: str
+    kind: str  # the kind's title ("ADE token")
     name: str
     apple_id: str
     expires_at: float | None
@@ -40,7 +34,7 @@ class StatusRow:
     stale_sync_after: float | None = None  # seconds without a successful sync that is a problem
 
 
-class CredentialCollector(Protocol):
+class CredentialKind(Protocol):
     """One kind of Apple credential (ADE tokens, VPP tokens, the APNs certificate)."""
 
     @property
@@ -54,7 +48,7 @@ class CredentialCollector(Protocol):
         ...
 
     @property
-    def kind(self) -> str:
+    def title(self) -> str:
         """What one credential is called on the status page ("ADE token")."""
         ...
 
@@ -63,7 +57,7 @@ class CredentialCollector(Protocol):
         """What the status page says when a successful poll found nothing (None: say nothing)."""
         ...
 
-    async def fetch(self, graph: GraphClient) -> Records:
+    async def fetch(self, graph: GraphReader) -> Records:
         """Read the resource from Graph; raises `PollError` on failure."""
         ...
 
@@ -81,11 +75,15 @@ def unique_by_id(records: Iterable[Any]) -> Records:
     return tuple({record.id: record for record in records}.values())
 
 
-def iso_date(timestamp: float | None) -> str:
-    """``YYYY-MM-DD`` in UTC, or "never"."""
-    if timestamp is None:
-        return "never"
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d")
+async def fetch_collection(
+    graph: GraphReader,
+    path: str,
+    select: Sequence[str],
+    parse: Callable[[JsonObject], Any | None],
+) -> Records:
+    """Every parsable item of a Graph collection, once per id."""
+    items = await graph.get_collection(path, select)
+    return unique_by_id(record for item in items if (record := parse(item)) is not None)
 
 
 def text(item: dict[str, Any], key: str) -> str:
@@ -100,8 +98,3 @@ def integer(item: dict[str, Any], key: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return int(value)
-
-
-def days_until(timestamp: float, now: float) -> float:
-    """Fractional days from `now` to `timestamp`; negative once past."""
-    return (timestamp - now) / SECONDS_PER_DAY

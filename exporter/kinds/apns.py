@@ -11,10 +11,12 @@ from typing import Final
 
 from .. import links
 from ..errors import GraphError
-from ..graph import GraphClient
 from ..graphtime import parse_graph_datetime
 from ..metric_spec import MetricSpec
-from .base import Records, Sample, StatusRow, days_until, iso_date, text
+from ..records import Records, Sample
+from ..timetext import date_text, days_until
+from .base import StatusRow, text
+from .reader import GraphReader
 
 PATH: Final = "/beta/deviceManagement/applePushNotificationCertificate"
 # `certificate` (the public certificate body) is large and unused; it is not requested.
@@ -56,11 +58,11 @@ def parse_certificate(item: dict[str, object]) -> ApnsCertificate | None:
     return certificate
 
 
-class ApnsCollector:
+class ApnsCertificateKind:
     """The Apple MDM push certificate."""
 
     name: Final = "apns"
-    kind: Final = "APNs certificate"
+    title: Final = "APNs certificate"
     empty_note: Final = "not configured in this tenant"
     metrics: Final = (
         MetricSpec(
@@ -89,7 +91,7 @@ class ApnsCollector:
         ),
     )
 
-    async def fetch(self, graph: GraphClient) -> Records:
+    async def fetch(self, graph: GraphReader) -> Records:
         try:
             item = await graph.get_object(PATH, SELECT)
         except GraphError as exc:
@@ -116,10 +118,10 @@ class ApnsCollector:
     def status_rows(self, records: Records) -> list[StatusRow]:
         return [
             StatusRow(
-                kind=self.kind,
+                kind=self.title,
                 name="Apple MDM push certificate",
                 detail=f"topic {certificate.topic_id}, serial {certificate.serial_number}, "
-                f"uploaded {iso_date(certificate.last_modified_at)}",
+                f"uploaded {date_text(certificate.last_modified_at)}",
                 apple_id=certificate.apple_id,
                 expires_at=certificate.expires_at,
                 last_sync_at=None,

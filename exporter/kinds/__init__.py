@@ -1,0 +1,16 @@
+"""The registry of credential kinds, by their `collect:` name."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from .ade import AdeTokenKind
+from .apns import ApnsCertificateKind
+from .base import CredentialKind
+from .vpp import VppTokenKind
+
+KINDS: Final[dict[str, CredentialKind]] = {
+    kind.name: kind for kind in (AdeTokenKind(), VppTokenKind(), ApnsCertificateKind())
+}
+
+__all__ = ["KINDS", "CredentialKind"]
