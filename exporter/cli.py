@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Sequence
@@ -15,9 +16,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from . import __version__
 from .config import ExporterConfig, load_config
 from .logs import configure_logging
-from .metrics import IntuneCollector, build_registry
 from .server import DEFAULT_PORT, build_app, parse_listen_address, start_site
 from .service import Exporter
+from .sharding import Shard, ordinal_of
 from .webconfig import WebConfig, load_web_config
 from .yaml_config import ConfigError
 
@@ -64,8 +65,41 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="Run against built-in simulated tenants; needs no config and no credentials.",
     )
+    parser.add_argument(
+        "--shard",
+        type=int,
+        default=0,
+        help="This replica's shard, 0 to --total-shards - 1: it polls and exposes only the "
+        "tenants whose tenant id hashes to it (kube-state-metrics' sharding).",
+    )
+    parser.add_argument(
+        "--total-shards",
+        dest="total_shards",
+        type=int,
+        default=1,
+        help="The number of shards (replicas) the tenants are spread over; 1 is no sharding.",
+    )
+    parser.add_argument(
+        "--shard.from-pod-name",
+        dest="shard_from_pod_name",
+        action="store_true",
+        help="Take --shard from the StatefulSet ordinal at the end of the pod name "
+        "($POD_NAME, else the host name), e.g. exporter-2 is shard 2.",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
+
+
+def shard_from_args(args: argparse.Namespace) -> Shard:
+    """The shard the flags name; raises ValueError with a message that names the flag."""
+    index = args.shard
+    if args.shard_from_pod_name:
+        pod = os.environ.get("POD_NAME") or socket.gethostname()
+        try:
+            index = ordinal_of(pod)
+        except ValueError as exc:
+            raise ValueError(f"--shard.from-pod-name: {exc}") from None
+    return Shard(index, args.total_shards)
 
 
 async def _run(
@@ -73,6 +107,7 @@ async def _run(
     web_config: WebConfig | None,
     host: str | None,
     port: int,
+    shard: Shard,
     *,
     ca_data: str | None = None,
     on_stop: Callable[[], Awaitable[None]] | None = None,
@@ -89,14 +124,14 @@ async def _run(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal)
 
-    exporter = Exporter(config, ca_data=ca_data)
-    registry = build_registry(IntuneCollector(exporter.store.view, config.poll_interval))
+    exporter = Exporter(config, shard=shard, ca_data=ca_data)
     middleware = web_config.middleware() if web_config else None
     app = build_app(
         exporter.store,
-        registry,
+        exporter.lines,
+        exporter_samples=exporter.exporter_samples,
         middlewares=[middleware] if middleware else [],
-        healthy=lambda: exporter.polling,
+        health_problem=exporter.health_problem,
     )
     ssl_context = web_config.ssl_context() if web_config else None
     runner, bound = await start_site(app, host, port, ssl_context)
@@ -105,10 +140,22 @@ async def _run(
         extra={
             "address": f"{host or ''}:{bound}",
             "tls": ssl_context is not None,
-            "tenants": len(config.tenants),
+            "tenants": len(exporter.tenants),
             "version": __version__,
         },
     )
+    if shard.total > 1:
+        log.info(
+            "sharded: polling only this shard's tenants"
+            if exporter.tenants
+            else "sharded: this shard owns no tenant; it is ready and idle",
+            extra={
+                "shard": shard.index,
+                "total_shards": shard.total,
+                "tenants": len(exporter.tenants),
+                "configured_tenants": len(config.tenants),
+            },
+        )
     await exporter.start()
     try:
         await stop.wait()
@@ -120,7 +167,9 @@ async def _run(
             await on_stop()
 
 
-async def _run_demo(web_config: WebConfig | None, host: str | None, port: int) -> None:
+async def _run_demo(
+    web_config: WebConfig | None, host: str | None, port: int, shard: Shard
+) -> None:
     # Only the demo loads the simulator (and its throw-away CA).
     from .demo import demo_config, start_demo_cloud
 
@@ -130,7 +179,7 @@ async def _run_demo(web_config: WebConfig | None, host: str | None, port: int) -
         "demo mode: simulated Entra ID and Graph",
         extra={"simulator": cloud.base_url, "tenants": len(config.tenants)},
     )
-    await _run(config, web_config, host, port, ca_data=cloud.ca_pem, on_stop=cloud.stop)
+    await _run(config, web_config, host, port, shard, ca_data=cloud.ca_pem, on_stop=cloud.stop)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -141,6 +190,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         host, port = parse_listen_address(args.listen_address)
     except ValueError as exc:
         print(f"--web.listen-address: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        shard = shard_from_args(args)
+    except ValueError as exc:
+        print(f"invalid flags: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     try:
         web_config = load_web_config(args.web_config_file) if args.web_config_file else None
@@ -156,9 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     with contextlib.suppress(KeyboardInterrupt):
         if config is None:
-            asyncio.run(_run_demo(web_config, host, port))
+            asyncio.run(_run_demo(web_config, host, port, shard))
         else:
-            asyncio.run(_run(config, web_config, host, port))
+            asyncio.run(_run(config, web_config, host, port, shard))
     return 0
 
 

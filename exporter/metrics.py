@@ -1,22 +1,18 @@
-"""Prometheus side: every metric's spec, and a collector rendering one snapshot per scrape.
-
-Time-derived values (days to expiry, sync ages) are computed here, at scrape time, from the
-timestamps the pollers stored, so they keep moving between polls and during Graph outages.
-"""
+"""What the exporter exposes: every metric's spec, each tenant's samples, and the lines kept
+rendered for every tenant (re-rendered when the snapshot store says the tenant changed)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Final
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector, CollectorRegistry
-
 from . import __version__
+from .exposition import Layout, Lines, render_lines
 from .kinds import KINDS, CredentialKind
 from .metric_spec import MetricSpec
-from .snapshot import StoreView
+from .records import Sample
+from .sharding import Shard
+from .snapshot import SnapshotStore, TenantCounters, TenantState
 
 HEALTH_METRICS: Final = (
     MetricSpec(
@@ -74,6 +70,9 @@ HEALTH_METRICS: Final = (
         "Microsoft Graph HTTP responses by status code.",
         ("tenant", "code"),
     ),
+)
+
+EXPORTER_METRICS: Final = (
     MetricSpec(
         "intune_exporter_poll_interval_seconds",
         "gauge",
@@ -86,89 +85,104 @@ HEALTH_METRICS: Final = (
         "Version of the exporter; always 1.",
         ("version",),
     ),
+    MetricSpec(
+        "intune_exporter_shard_info",
+        "gauge",
+        "The shard this process is (--shard of --total-shards); always 1.",
+        ("shard", "total_shards"),
+    ),
+    MetricSpec(
+        "intune_exporter_total_shards",
+        "gauge",
+        "The number of shards the tenants are spread over (--total-shards).",
+        (),
+    ),
+    MetricSpec(
+        "intune_exporter_tenants",
+        "gauge",
+        "Tenants this process owns (all of them without sharding).",
+        (),
+    ),
 )
 
 
-def metric_specs(collectors: Iterable[CredentialKind] | None = None) -> list[MetricSpec]:
-    """Every metric the exporter can expose (all registered collectors unless given)."""
-    chosen = KINDS.values() if collectors is None else collectors
-    return [spec for collector in chosen for spec in collector.metrics] + list(HEALTH_METRICS)
+def metric_specs(kinds: Iterable[CredentialKind] | None = None) -> list[MetricSpec]:
+    """Every metric the exporter can expose (of all registered kinds unless given)."""
+    chosen = KINDS.values() if kinds is None else kinds
+    return [
+        *(spec for kind in chosen for spec in kind.metrics),
+        *HEALTH_METRICS,
+        *EXPORTER_METRICS,
+    ]
 
 
-def _family(spec: MetricSpec) -> GaugeMetricFamily | CounterMetricFamily:
-    if spec.type == "counter":
-        return CounterMetricFamily(
-            spec.name.removesuffix("_total"), spec.help, labels=list(spec.labels)
-        )
-    return GaugeMetricFamily(spec.name, spec.help, labels=list(spec.labels))
+def tenant_samples(
+    state: TenantState,
+    counters: TenantCounters,
+    kinds: Mapping[str, CredentialKind] = KINDS,
+) -> Iterator[Sample]:
+    """Every sample of one tenant: its credentials, its health, its counters."""
+    name = state.name
+    for collector_name, collector in state.collectors.items():
+        kind = kinds.get(collector_name)
+        if kind is not None and collector.records is not None:
+            yield from kind.samples(name, collector.records)
+    yield "intune_tenant_info", (name, state.tenant_id, state.cloud), 1.0
+    yield "intune_tenant_up", (name,), 1.0 if state.up else 0.0
+    if state.last_success_at is not None:
+        yield "intune_tenant_last_successful_poll_timestamp_seconds", (name,), state.last_success_at
+    if state.last_poll_duration is not None:
+        yield "intune_tenant_poll_duration_seconds", (name,), state.last_poll_duration
+    for collector_name, collector in state.collectors.items():
+        labels = (name, collector_name)
+        yield "intune_tenant_collector_up", labels, 1.0 if collector.up else 0.0
+        if collector.last_success_at is not None:
+            yield (
+                "intune_tenant_collector_last_success_timestamp_seconds",
+                labels,
+                collector.last_success_at,
+            )
+    yield "intune_tenant_polls_total", (name,), float(counters.polls)
+    for (collector_name, reason), count in counters.poll_errors.items():
+        yield "intune_tenant_poll_errors_total", (name, collector_name, reason), float(count)
+    for code, count in counters.graph_requests.items():
+        yield "intune_graph_requests_total", (name, code), float(count)
 
 
-class IntuneCollector(Collector):
-    """A prometheus-client collector over the snapshot store; one consistent view per scrape."""
+def exporter_samples(poll_interval: float, shard: Shard, tenants: int) -> Iterator[Sample]:
+    """The exporter's own samples (not per tenant)."""
+    yield "intune_exporter_poll_interval_seconds", (), poll_interval
+    yield "intune_exporter_build_info", (__version__,), 1.0
+    yield "intune_exporter_shard_info", (str(shard.index), str(shard.total)), 1.0
+    yield "intune_exporter_total_shards", (), float(shard.total)
+    yield "intune_exporter_tenants", (), float(tenants)
+
+
+class TenantLines:
+    """Every tenant's rendered lines, kept current by listening to the snapshot store."""
 
     def __init__(
         self,
-        view: Callable[[], StoreView],
-        poll_interval: float,
-        collectors: Mapping[str, CredentialKind] = KINDS,
-        clock: Callable[[], float] = time.time,
+        store: SnapshotStore,
+        layout: Layout | None = None,
+        kinds: Mapping[str, CredentialKind] = KINDS,
     ) -> None:
-        self._view = view
-        self._poll_interval = poll_interval
-        self._collectors = collectors
-        self._clock = clock
-        self._specs = metric_specs(collectors.values())
+        self.layout = layout or Layout.of(metric_specs(kinds.values()))
+        self._store = store
+        self._kinds = kinds
+        self._lines: dict[str, Lines] = {}
+        store.subscribe(self._changed)
 
-    def describe(self) -> Iterable[Metric]:
-        # Describing without data keeps registration from running a whole collect().
-        return [_family(spec) for spec in self._specs]
+    def _changed(self, name: str, state: TenantState | None) -> None:
+        if state is None:
+            self._lines.pop(name, None)
+            return
+        samples = tenant_samples(state, self._store.counters(name), self._kinds)
+        self._lines[name] = render_lines(self.layout, samples)
 
-    def collect(self) -> Iterator[Metric]:
-        view = self._view()
-        now = self._clock()
-        families = {spec.name: _family(spec) for spec in self._specs}
-
-        def add(name: str, labels: tuple[str, ...], value: float) -> None:
-            families[name].add_metric(labels, value)
-
-        for tenant in view.tenants:
-            name = tenant.name
-            add("intune_tenant_info", (name, tenant.tenant_id, tenant.cloud), 1.0)
-            add("intune_tenant_up", (name,), 1.0 if tenant.up else 0.0)
-            if tenant.last_success_at is not None:
-                add(
-                    "intune_tenant_last_successful_poll_timestamp_seconds",
-                    (name,),
-                    tenant.last_success_at,
-                )
-            if tenant.last_poll_duration is not None:
-                add("intune_tenant_poll_duration_seconds", (name,), tenant.last_poll_duration)
-            for collector_name, state in tenant.collectors.items():
-                labels = (name, collector_name)
-                add("intune_tenant_collector_up", labels, 1.0 if state.up else 0.0)
-                if state.last_success_at is not None:
-                    add(
-                        "intune_tenant_collector_last_success_timestamp_seconds",
-                        labels,
-                        state.last_success_at,
-                    )
-                collector = self._collectors.get(collector_name)
-                if collector is not None and state.records is not None:
-                    for metric, sample_labels, value in collector.samples(name, state.records, now):
-                        add(metric, sample_labels, value)
-        for (tenant_name, collector_name, reason), count in view.poll_errors.items():
-            add("intune_tenant_poll_errors_total", (tenant_name, collector_name, reason), count)
-        for (tenant_name, code), count in view.graph_requests.items():
-            add("intune_graph_requests_total", (tenant_name, code), count)
-        for tenant_name, count in view.polls.items():
-            add("intune_tenant_polls_total", (tenant_name,), count)
-        add("intune_exporter_poll_interval_seconds", (), self._poll_interval)
-        add("intune_exporter_build_info", (__version__,), 1.0)
-        return iter(families.values())
-
-
-def build_registry(collector: IntuneCollector) -> CollectorRegistry:
-    """A registry of our own holding only the Intune collector (no process/platform metrics)."""
-    registry = CollectorRegistry(auto_describe=True)
-    registry.register(collector)
-    return registry
+    def parts(self, extra: Callable[[], Iterable[Sample]] | None = None) -> tuple[Lines, ...]:
+        """The lines of every tenant (cheap: references), plus `extra` rendered now."""
+        parts = tuple(self._lines.values())
+        if extra is None:
+            return parts
+        return (*parts, render_lines(self.layout, extra()))

@@ -36,8 +36,11 @@ class TenantPoller:
         self._graph = graph
         self._store = store
 
-    async def poll_once(self) -> TenantState:
-        """Run every collector once and record the outcome; never raises for Graph failures."""
+    async def poll_once(self) -> TenantState | None:
+        """Run every collector once and record the outcome; never raises for Graph failures.
+
+        Returns the new state (None when the tenant was removed meanwhile).
+        """
         started_at = time.time()
         started = time.monotonic()
         outcomes = await asyncio.gather(*(self._fetch(c) for c in self._collectors))

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Final
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Final, TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from prometheus_client.aiohttp import make_aiohttp_handler
-from prometheus_client.registry import CollectorRegistry
+from prometheus_client.exposition import gzip_accepted
 
+from .exposition import render, wants_openmetrics
 from .kinds import KINDS, CredentialKind
+from .metrics import TenantLines
+from .records import Sample
 from .snapshot import SnapshotStore
 from .status_page import render_status_page
 
 DEFAULT_PORT: Final = 9893
+_T = TypeVar("_T")
 
 
 def parse_listen_address(address: str) -> tuple[str | None, int]:
@@ -36,37 +42,69 @@ def parse_listen_address(address: str) -> tuple[str | None, int]:
 
 def build_app(
     store: SnapshotStore,
-    registry: CollectorRegistry,
+    lines: TenantLines,
     *,
-    collectors: Mapping[str, CredentialKind] = KINDS,
+    exporter_samples: Callable[[], Iterable[Sample]] = lambda: (),
+    kinds: Mapping[str, CredentialKind] = KINDS,
     middlewares: Sequence[Middleware] = (),
     clock: Callable[[], float] = time.time,
-    healthy: Callable[[], bool] = lambda: True,
+    health_problem: Callable[[], str | None] = lambda: None,
 ) -> web.Application:
-    """The exporter's web application over a snapshot store and a metrics registry.
+    """The exporter's web application over a snapshot store and its rendered lines.
 
-    `healthy` says whether polling still runs; `/-/healthy` turns 503 when it does not, so a
-    liveness probe restarts an exporter whose data would otherwise silently freeze.
+    `health_problem` says why the exporter is not healthy (None when it is); `/-/healthy` then
+    turns 503, so a liveness probe restarts an exporter whose data would otherwise freeze.
+    Rendering (metrics, the status page) and gzip run in a thread of their own: a health probe
+    on the event loop answers while a large scrape renders.
     """
-    metrics_handler = make_aiohttp_handler(registry)
+    render_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="render")
+
+    async def in_thread(call: Callable[[], _T]) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(render_pool, call)
+
+    async def metrics(request: web.Request) -> web.Response:
+        openmetrics, content_type = wants_openmetrics(
+            ",".join(request.headers.getall("Accept", []))
+        )
+        compress = gzip_accepted(request.headers.get("Accept-Encoding", ""))
+        names = frozenset(request.query.getall("name[]")) if "name[]" in request.query else None
+        # On the loop: a consistent set of references; the work happens in the thread.
+        parts = lines.parts(exporter_samples)
+        now = clock()
+        body = await in_thread(
+            partial(
+                render,
+                lines.layout,
+                parts,
+                now,
+                openmetrics=openmetrics,
+                names=names,
+                compress=compress,
+            )
+        )
+        headers = {"Content-Type": content_type}
+        if compress:
+            headers["Content-Encoding"] = "gzip"
+        return web.Response(body=body, headers=headers)
 
     async def health(request: web.Request) -> web.Response:
-        if not healthy():
-            return web.Response(status=503, text="Unhealthy: polling has stopped\n")
+        problem = health_problem()
+        if problem is not None:
+            return web.Response(status=503, text=f"Unhealthy: {problem}\n")
         return web.Response(text="Healthy\n")
 
     async def ready(request: web.Request) -> web.Response:
         if store.ready:
             return web.Response(text="Ready\n")
-        tenants = store.view().tenants
-        done = sum(1 for tenant in tenants if tenant.polled)
+        done, total = store.progress
         return web.Response(
             status=503,
-            text=f"Not ready: {done} of {len(tenants)} tenants have finished their first poll\n",
+            text=f"Not ready: {done} of {total} tenants have finished their first poll\n",
         )
 
     async def status(request: web.Request) -> web.Response:
-        page = render_status_page(store.view(), collectors, clock())
+        view = store.view()
+        page = await in_thread(partial(render_status_page, view, kinds, clock()))
         return web.Response(
             text=page,
             content_type="text/html",
@@ -77,11 +115,15 @@ def build_app(
             },
         )
 
+    async def stop_render_pool(app: web.Application) -> None:
+        render_pool.shutdown(wait=False, cancel_futures=True)
+
     app = web.Application(middlewares=list(middlewares))
-    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/-/healthy", health)
     app.router.add_get("/-/ready", ready)
     app.router.add_get("/", status)
+    app.on_cleanup.append(stop_render_pool)
     return app
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
-import requests
 
 from .auth import (
     AuthSettings,
@@ -23,7 +22,10 @@ from .auth import (
 from .config import ExporterConfig, TenantConfig
 from .graph import GraphClient, RetryPolicy
 from .kinds import KINDS
+from .metrics import TenantLines, exporter_samples
 from .pollers import Scheduler, TenantPoller
+from .records import Sample
+from .sharding import Shard
 from .snapshot import SnapshotStore
 from .tls import TrustStore
 
@@ -37,22 +39,25 @@ class Exporter:
         self,
         config: ExporterConfig,
         *,
+        shard: Shard | None = None,
         ca_data: str | None = None,
         retry: RetryPolicy | None = None,
     ) -> None:
         self.config = config
+        self.shard = shard or Shard()
+        self.tenants = tuple(t for t in config.tenants if self.shard.owns(t.tenant_id))
         self.store = SnapshotStore()
-        self._trust = TrustStore(ca_data)
+        self.lines = TenantLines(self.store)
+        # One MSAL call blocks one thread; enough threads that polling slots never queue for one.
+        workers = config.max_concurrency + 4
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="msal")
+        # MSAL's connections: one pool per trust setting, shared by every tenant with it.
+        self._trust = TrustStore(ca_data, pool_size=workers)
         self._retry = retry
         self._session: aiohttp.ClientSession | None = None
-        self._msal_sessions: list[requests.Session] = []
-        # One MSAL call blocks one thread; enough threads that polling slots never queue for one.
-        self._executor = ThreadPoolExecutor(
-            max_workers=config.max_concurrency + 4, thread_name_prefix="msal"
-        )
         self._scheduler: Scheduler | None = None
         self._task: asyncio.Task[None] | None = None
-        for tenant in config.tenants:
+        for tenant in self.tenants:
             self.store.add_tenant(
                 tenant.name, tenant.tenant_id, tenant.cloud, config.collectors_for(tenant)
             )
@@ -61,6 +66,14 @@ class Exporter:
     def polling(self) -> bool:
         """False once the background polling has died (the liveness probe reports it)."""
         return self._task is None or not self._task.done()
+
+    def health_problem(self) -> str | None:
+        """Why the exporter is not healthy, or None."""
+        return None if self.polling else "polling has stopped"
+
+    def exporter_samples(self) -> Iterator[Sample]:
+        """The exporter's own samples, as of now."""
+        return exporter_samples(self.config.poll_interval, self.shard, len(self.tenants))
 
     def _request_counter(self, tenant: str) -> Callable[[int], None]:
         def count(status: int) -> None:
@@ -77,9 +90,8 @@ class Exporter:
             trust_env=True,
         )
         pollers = []
-        for tenant in config.tenants:
+        for tenant in self.tenants:
             msal_session = self._trust.requests_session(tenant.ca_file, config.request_timeout)
-            self._msal_sessions.append(msal_session)
             tokens = MsalTokenProvider(
                 auth_settings(tenant), http_client=msal_session, executor=self._executor
             )
@@ -127,9 +139,7 @@ class Exporter:
             self._session = None
         # A token request stuck in a thread must not hold up shutdown (it ends at its timeout).
         self._executor.shutdown(wait=False, cancel_futures=True)
-        for session in self._msal_sessions:
-            session.close()
-        self._msal_sessions.clear()
+        self._trust.close()
 
 
 def credential_source(tenant: TenantConfig) -> CredentialSource:

@@ -1,14 +1,15 @@
 """The snapshot store: the latest known state of every tenant, written by pollers, read by scrapes.
 
-Tenant states are immutable and replaced whole, so a scrape reads one consistent view without
+Tenant states are immutable and replaced whole, so a reader gets one consistent view without
 waiting for Graph. A failed collector keeps its last good records (they keep ageing at scrape
-time), so expiry alerts do not go blind during a Graph outage.
+time), so expiry alerts do not go blind during a Graph outage. Listeners (the exposition) hear
+of every change of a tenant, so that they can do their work once per change, not per scrape.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
@@ -19,7 +20,7 @@ from .records import Records
 PRECREATED_REASONS: tuple[Reason, ...] = ("auth", "forbidden")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CollectorState:
     """One collector of one tenant."""
 
@@ -29,7 +30,7 @@ class CollectorState:
     last_error: PollError | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TenantState:
     """One tenant as of its latest poll."""
 
@@ -47,37 +48,87 @@ class TenantState:
         return self.polled and all(state.up for state in self.collectors.values())
 
 
-@dataclass(frozen=True)
-class StoreView:
-    """A consistent copy of the store for one scrape or one status page."""
+@dataclass(frozen=True, slots=True)
+class TenantCounters:
+    """A tenant's counters at one moment (they only grow while the tenant exists)."""
 
-    tenants: tuple[TenantState, ...]
-    poll_errors: Mapping[tuple[str, str, str], int]
-    graph_requests: Mapping[tuple[str, str], int]
-    polls: Mapping[str, int]
+    polls: int
+    poll_errors: Mapping[tuple[str, Reason], int]  # (collector, reason) -> count
+    graph_requests: Mapping[str, int]  # HTTP status code -> count
 
 
 @dataclass
-class SnapshotStore:
-    """Latest tenant states plus the exporter's own counters."""
+class _Counts:
+    polls: int = 0
+    poll_errors: Counter[tuple[str, Reason]] = field(default_factory=Counter)
+    graph_requests: Counter[str] = field(default_factory=Counter)
 
-    _tenants: dict[str, TenantState] = field(default_factory=dict)
-    _poll_errors: Counter[tuple[str, str, str]] = field(default_factory=Counter)
-    _graph_requests: Counter[tuple[str, str]] = field(default_factory=Counter)
-    _polls: Counter[str] = field(default_factory=Counter)
+    def frozen(self) -> TenantCounters:
+        return TenantCounters(
+            self.polls,
+            MappingProxyType(dict(self.poll_errors)),
+            MappingProxyType(dict(self.graph_requests)),
+        )
+
+
+@dataclass(frozen=True)
+class StoreView:
+    """A consistent copy of the store for one reader (the status page)."""
+
+    tenants: tuple[TenantState, ...]
+
+
+# Told `(name, state)` after a tenant was added or polled, `(name, None)` after it was removed.
+Listener = Callable[[str, TenantState | None], None]
+
+
+class SnapshotStore:
+    """Latest tenant states plus each tenant's counters."""
+
+    def __init__(self) -> None:
+        self._tenants: dict[str, TenantState] = {}
+        self._counts: dict[str, _Counts] = {}
+        self._listeners: list[Listener] = []
+        self._unpolled = 0
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call `listener` on every change of a tenant, and now for every tenant already here."""
+        self._listeners.append(listener)
+        for name, state in self._tenants.items():
+            listener(name, state)
+
+    def _changed(self, name: str, state: TenantState | None) -> None:
+        for listener in self._listeners:
+            listener(name, state)
 
     def add_tenant(self, name: str, tenant_id: str, cloud: str, collectors: Sequence[str]) -> None:
-        """Register a configured tenant, so that it is visible (down, not polled) from start-up."""
-        self._tenants[name] = TenantState(
+        """Register a tenant, so that it is visible (down, not polled) from the start."""
+        state = TenantState(
             name=name,
             tenant_id=tenant_id,
             cloud=cloud,
             collectors=MappingProxyType({c: CollectorState() for c in collectors}),
         )
-        self._polls[name] += 0
+        previous = self._tenants.get(name)
+        if previous is not None and not previous.polled:
+            self._unpolled -= 1
+        self._tenants[name] = state
+        self._unpolled += 1
+        counts = self._counts.setdefault(name, _Counts())
         for collector in collectors:
             for reason in PRECREATED_REASONS:
-                self._poll_errors[(name, collector, reason)] += 0
+                counts.poll_errors[(collector, reason)] += 0
+        self._changed(name, state)
+
+    def remove_tenant(self, name: str) -> None:
+        """Forget a tenant: its state and its counters (they go with it, as a process's do)."""
+        state = self._tenants.pop(name, None)
+        if state is None:
+            return
+        if not state.polled:
+            self._unpolled -= 1
+        self._counts.pop(name, None)
+        self._changed(name, None)
 
     def record_poll(
         self,
@@ -85,16 +136,24 @@ class SnapshotStore:
         results: Mapping[str, Records | PollError],
         started_at: float,
         duration: float,
-    ) -> TenantState:
-        """Store the outcome of one poll of `tenant` (records or error per collector)."""
-        previous = self._tenants[tenant]
+    ) -> TenantState | None:
+        """Store the outcome of one poll of `tenant` (records or error per collector).
+
+        Returns the new state, or None when the tenant was removed while it was polled.
+        """
+        previous = self._tenants.get(tenant)
+        if previous is None:
+            return None
+        counts = self._counts[tenant]
         now = started_at + duration
         collectors = dict(previous.collectors)
         for name, result in results.items():
-            before = collectors.get(name, CollectorState())
+            if name not in collectors:
+                continue  # no longer collected for this tenant
+            before = collectors[name]
             if isinstance(result, PollError):
                 collectors[name] = replace(before, up=False, last_error=result)
-                self._poll_errors[(tenant, name, result.reason)] += 1
+                counts.poll_errors[(name, result.reason)] += 1
             else:
                 collectors[name] = CollectorState(
                     records=result, up=True, last_success_at=now, last_error=None
@@ -107,28 +166,37 @@ class SnapshotStore:
         )
         if state.up:
             state = replace(state, last_success_at=now)
+        if not previous.polled:
+            self._unpolled -= 1
         self._tenants[tenant] = state
-        self._polls[tenant] += 1
+        counts.polls += 1
+        self._changed(tenant, state)
         return state
 
     def count_graph_request(self, tenant: str, status: int) -> None:
-        """Count one Graph HTTP response."""
-        self._graph_requests[(tenant, str(status))] += 1
+        """Count one Graph HTTP response (shown with the tenant's next change)."""
+        counts = self._counts.get(tenant)
+        if counts is not None:
+            counts.graph_requests[str(status)] += 1
 
     def tenant(self, name: str) -> TenantState:
         """The current state of one tenant."""
         return self._tenants[name]
 
+    def counters(self, name: str) -> TenantCounters:
+        """A copy of one tenant's counters."""
+        return self._counts[name].frozen()
+
     @property
     def ready(self) -> bool:
-        """Every configured tenant has finished its first poll."""
-        return all(state.polled for state in self._tenants.values())
+        """Every tenant has finished its first poll."""
+        return self._unpolled == 0
+
+    @property
+    def progress(self) -> tuple[int, int]:
+        """(tenants whose first poll has finished, tenants)."""
+        return len(self._tenants) - self._unpolled, len(self._tenants)
 
     def view(self) -> StoreView:
         """A consistent copy for one reader."""
-        return StoreView(
-            tenants=tuple(self._tenants.values()),
-            poll_errors=dict(self._poll_errors),
-            graph_requests=dict(self._graph_requests),
-            polls=dict(self._polls),
-        )
+        return StoreView(tenants=tuple(self._tenants.values()))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import ssl
 from collections.abc import Mapping
+from http.cookiejar import DefaultCookiePolicy
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +44,10 @@ class _SSLContextAdapter(HTTPAdapter):
     http_client, and a token request must never block a worker thread forever.
     """
 
-    def __init__(self, context: ssl.SSLContext, timeout: float) -> None:
+    def __init__(self, context: ssl.SSLContext, timeout: float, pool_size: int = 10) -> None:
         self._context = context
         self._timeout = timeout
-        super().__init__()
+        super().__init__(pool_maxsize=pool_size)
 
     def cert_verify(self, conn: Any, url: str, verify: bool | str, cert: Any) -> None:
         super().cert_verify(conn, url, verify, cert)  # type: ignore[no-untyped-call]
@@ -84,13 +85,17 @@ class _SSLContextAdapter(HTTPAdapter):
 
 
 class TrustStore:
-    """Client contexts by `ca_file`, built once: loading the system store costs milliseconds,
-    which adds up over a thousand tenants."""
+    """Client contexts and MSAL's sessions by `ca_file`, built once and shared by every tenant
+    with the same trust: loading the system store costs milliseconds, and a session per tenant
+    (with its own connection pool, and a TLS handshake per tenant) costs memory and CPU that add
+    up over thousands of tenants."""
 
-    def __init__(self, ca_data: str | None = None) -> None:
+    def __init__(self, ca_data: str | None = None, *, pool_size: int = 10) -> None:
         self._ca_data = ca_data
+        self._pool_size = pool_size
         self._aiohttp: dict[Path | None, ssl.SSLContext] = {}
         self._requests: dict[Path | None, ssl.SSLContext] = {}
+        self._sessions: dict[tuple[Path | None, float], requests.Session] = {}
 
     def aiohttp_context(self, ca_file: Path | None) -> ssl.SSLContext:
         """The context for Graph requests of tenants with this `ca_file`."""
@@ -99,14 +104,30 @@ class TrustStore:
         return self._aiohttp[ca_file]
 
     def requests_session(self, ca_file: Path | None, timeout: float) -> requests.Session:
-        """A requests session (for MSAL) that trusts what `aiohttp_context` trusts.
+        """The requests session (for MSAL) that trusts what `aiohttp_context` trusts.
 
-        It keeps `trust_env`, so corporate `HTTPS_PROXY` settings still apply.
+        Shared by every tenant with this `ca_file`: its pool holds one connection per worker
+        thread. It keeps `trust_env`, so corporate `HTTPS_PROXY` settings still apply. It keeps
+        no cookies: Entra ID's cookies are for browsers, and tenants must share nothing else.
         """
+        key = (ca_file, timeout)
+        session = self._sessions.get(key)
+        if session is not None:
+            return session
         # Separate from the aiohttp contexts: urllib3 loads requests' CA bundle into its context
         # from MSAL's worker threads, and the event loop's contexts should not change under it.
         if ca_file not in self._requests:
             self._requests[ca_file] = client_ssl_context(ca_file, self._ca_data)
         session = requests.Session()
-        session.mount("https://", _SSLContextAdapter(self._requests[ca_file], timeout))
+        session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+        session.mount(
+            "https://", _SSLContextAdapter(self._requests[ca_file], timeout, self._pool_size)
+        )
+        self._sessions[key] = session
         return session
+
+    def close(self) -> None:
+        """Close every session's connections."""
+        for session in self._sessions.values():
+            session.close()
+        self._sessions.clear()

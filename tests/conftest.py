@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -92,6 +93,15 @@ async def world(cloud: SimulatedCloud, ca_file: Path) -> AsyncIterator[World]:
     yield w
     for exporter in w.exporters:
         await exporter.close()
+
+
+def exposition(exporter: Exporter, now: float | None = None, *, openmetrics: bool = False) -> str:
+    """The exporter's /metrics body as a scrape at `now` would render it."""
+    from exporter.exposition import render
+
+    parts = exporter.lines.parts(exporter.exporter_samples)
+    clock = time.time() if now is None else now
+    return render(exporter.lines.layout, parts, clock, openmetrics=openmetrics).decode()
 
 
 def samples_by_name(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from exporter.demo.simulator import ADE_PATH, Fault
-from exporter.metrics import IntuneCollector, build_registry
+from exporter.metrics import TenantLines
 from exporter.server import build_app, parse_listen_address, start_site
 from exporter.service import Exporter
 from exporter.snapshot import SnapshotStore
@@ -22,8 +22,8 @@ from .graph_data import DAY, NOW, VPP_SECRET_PREFIX, ade_item, apns_item, vpp_it
 
 
 async def serve(exporter: Exporter) -> tuple[web.AppRunner, str]:
-    registry = build_registry(IntuneCollector(exporter.store.view, exporter.config.poll_interval))
-    runner, port = await start_site(build_app(exporter.store, registry), "127.0.0.1", 0)
+    app = build_app(exporter.store, exporter.lines, exporter_samples=exporter.exporter_samples)
+    runner, port = await start_site(app, "127.0.0.1", 0)
     return runner, f"http://127.0.0.1:{port}"
 
 
@@ -231,8 +231,10 @@ async def test_scrapes_do_not_wait_for_a_hanging_graph(
 
 async def test_healthy_turns_503_when_polling_has_died() -> None:
     alive = True
-    registry = build_registry(IntuneCollector(SnapshotStore().view, 600))
-    app = build_app(SnapshotStore(), registry, healthy=lambda: alive)
+    store = SnapshotStore()
+    app = build_app(
+        store, TenantLines(store), health_problem=lambda: None if alive else "polling has stopped"
+    )
     runner, port = await start_site(app, "127.0.0.1", 0)
     try:
         async with aiohttp.ClientSession() as session:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 
 from exporter.collector_names import COLLECTOR_NAMES
 from exporter.kinds import KINDS
@@ -25,3 +27,19 @@ def test_a_normal_start_loads_neither_the_simulator_nor_its_ca() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == ""
+
+
+def test_every_module_has_a_layer() -> None:
+    # A module left out of the contract could import anything; list each one.
+    root = Path(__file__).resolve().parent.parent
+    config = tomllib.loads((root / "pyproject.toml").read_text())
+    (contract,) = config["tool"]["importlinter"]["contracts"]
+    listed = {name.strip() for layer in contract["layers"] for name in layer.split("|")}
+    package = root / "exporter"
+    modules = {
+        "exporter." + ".".join(path.relative_to(package).with_suffix("").parts)
+        for path in package.glob("*.py")
+        if path.name != "__init__.py"
+    } | {f"exporter.{path.parent.name}" for path in package.glob("*/__init__.py")}
+    assert modules - listed == set()
+    assert listed - modules == set()

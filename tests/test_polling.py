@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable
 
 import pytest
-from prometheus_client import generate_latest
 
 from exporter.demo.simulator import (
     ADE_PATH,
@@ -21,18 +20,16 @@ from exporter.demo.simulator import (
 )
 from exporter.errors import PollError
 from exporter.graph import RetryPolicy
-from exporter.metrics import IntuneCollector, build_registry
 from exporter.service import Exporter
 
-from .conftest import SECRET, World, one, samples_by_name
+from .conftest import SECRET, World, exposition, one, samples_by_name
 from .graph_data import DAY, NOW, ade_item, apns_item, vpp_item
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 
 
 def scrape(exporter: Exporter, clock: Callable[[], float] = time.time) -> Samples:
-    collector = IntuneCollector(exporter.store.view, exporter.config.poll_interval, clock=clock)
-    return samples_by_name(generate_latest(build_registry(collector)).decode())
+    return samples_by_name(exposition(exporter, clock()))
 
 
 def error_of(exporter: Exporter, tenant: str, collector: str) -> PollError:
@@ -562,7 +559,7 @@ async def test_vpp_field_mapping_states_and_secret(world: World) -> None:
     assert one(
         samples, "intune_vpp_token_last_sync_age_seconds", token_name="Valid"
     ) == pytest.approx(7200 + time.time() - NOW, abs=5)
-    text = generate_latest(build_registry(IntuneCollector(exporter.store.view, 600))).decode()
+    text = exposition(exporter)
     assert "VPP-SECRET-TOKEN" not in text
     assert "VPP-SECRET-TOKEN" not in repr(exporter.store.view())
 
@@ -674,8 +671,8 @@ async def test_polling_goes_on_by_itself(world: World) -> None:
 
     await exporter.start()
     deadline = time.monotonic() + 20
-    while min(exporter.store.view().polls.values()) < 3:
-        assert time.monotonic() < deadline, exporter.store.view().polls
+    while min(exporter.store.counters(name).polls for name in ("a", "b")) < 3:
+        assert time.monotonic() < deadline
         await asyncio.sleep(0.05)
 
     assert exporter.polling

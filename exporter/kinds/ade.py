@@ -10,7 +10,6 @@ from .. import links
 from ..graphtime import parse_graph_datetime
 from ..metric_spec import MetricSpec
 from ..records import Records, Sample
-from ..timetext import days_until
 from .base import StatusRow, fetch_collection, integer, text
 from .reader import GraphReader
 
@@ -102,6 +101,7 @@ class AdeTokenKind:
             "gauge",
             "Days until the ADE token expires; negative once expired.",
             _L,
+            derived="days_until",
         ),
         MetricSpec(
             "intune_ade_token_sync_error",
@@ -126,6 +126,7 @@ class AdeTokenKind:
             "gauge",
             "Seconds since the last successful sync with Apple; absent when never synced.",
             _L,
+            derived="seconds_since",
         ),
         MetricSpec(
             "intune_ade_token_last_sync_triggered_timestamp_seconds",
@@ -144,21 +145,21 @@ class AdeTokenKind:
     async def fetch(self, graph: GraphReader) -> Records:
         return await fetch_collection(graph, PATH, SELECT, parse_token)
 
-    def samples(self, tenant: str, records: Records, now: float) -> Iterator[Sample]:
+    def samples(self, tenant: str, records: Records) -> Iterator[Sample]:
         token: AdeToken
         for token in records:
             labels = (tenant, token.id, token.name)
             yield "intune_ade_token_info", (*labels, token.apple_id, token.token_type), 1.0
             if token.expires_at is not None:
                 yield "intune_ade_token_expiry_timestamp_seconds", labels, token.expires_at
-                yield "intune_ade_token_days_to_expiry", labels, days_until(token.expires_at, now)
+                yield "intune_ade_token_days_to_expiry", labels, token.expires_at
             code = token.last_sync_error_code
             yield "intune_ade_token_sync_error", labels, 1.0 if code else 0.0
             yield "intune_ade_token_last_sync_error_code", labels, float(code)
             if token.last_successful_sync_at is not None:
                 synced = token.last_successful_sync_at
                 yield "intune_ade_token_last_successful_sync_timestamp_seconds", labels, synced
-                yield "intune_ade_token_last_successful_sync_age_seconds", labels, now - synced
+                yield "intune_ade_token_last_successful_sync_age_seconds", labels, synced
             if token.last_sync_triggered_at is not None:
                 triggered = token.last_sync_triggered_at
                 yield "intune_ade_token_last_sync_triggered_timestamp_seconds", labels, triggered

@@ -14,7 +14,7 @@ from ..errors import GraphError
 from ..graphtime import parse_graph_datetime
 from ..metric_spec import MetricSpec
 from ..records import Records, Sample
-from ..timetext import date_text, days_until
+from ..timetext import date_text
 from .base import StatusRow, text
 from .reader import GraphReader
 
@@ -88,6 +88,7 @@ class ApnsCertificateKind:
             "gauge",
             "Days until the Apple MDM push certificate expires; negative once expired.",
             ("tenant", "apple_id"),
+            derived="days_until",
         ),
     )
 
@@ -103,7 +104,7 @@ class ApnsCertificateKind:
         certificate = parse_certificate(item)
         return () if certificate is None else (certificate,)
 
-    def samples(self, tenant: str, records: Records, now: float) -> Iterator[Sample]:
+    def samples(self, tenant: str, records: Records) -> Iterator[Sample]:
         yield "intune_apns_certificate_configured", (tenant,), 1.0 if records else 0.0
         certificate: ApnsCertificate
         for certificate in records:
@@ -113,7 +114,7 @@ class ApnsCertificateKind:
                 labels = (tenant, certificate.apple_id)
                 expires = certificate.expires_at
                 yield "intune_apns_certificate_expiry_timestamp_seconds", labels, expires
-                yield "intune_apns_certificate_days_to_expiry", labels, days_until(expires, now)
+                yield "intune_apns_certificate_days_to_expiry", labels, expires
 
     def status_rows(self, records: Records) -> list[StatusRow]:
         return [

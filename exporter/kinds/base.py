@@ -61,8 +61,8 @@ class CredentialKind(Protocol):
         """Read the resource from Graph; raises `PollError` on failure."""
         ...
 
-    def samples(self, tenant: str, records: Records, now: float) -> Iterator[Sample]:
-        """Samples for one tenant's records; time-derived values use `now`."""
+    def samples(self, tenant: str, records: Records) -> Iterator[Sample]:
+        """Samples for one tenant's records (a derived family's value is its timestamp)."""
         ...
 
     def status_rows(self, records: Records) -> list[StatusRow]:

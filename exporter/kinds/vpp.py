@@ -14,7 +14,6 @@ from .. import links
 from ..graphtime import parse_graph_datetime
 from ..metric_spec import MetricSpec
 from ..records import Records, Sample
-from ..timetext import days_until
 from .base import StatusRow, fetch_collection, text
 from .reader import GraphReader
 
@@ -103,6 +102,7 @@ class VppTokenKind:
             "gauge",
             "Days until the VPP token expires; negative once expired.",
             _L,
+            derived="days_until",
         ),
         MetricSpec(
             "intune_vpp_token_state",
@@ -127,13 +127,14 @@ class VppTokenKind:
             "gauge",
             "Seconds since the last VPP sync with Apple; absent when never synced.",
             _L,
+            derived="seconds_since",
         ),
     )
 
     async def fetch(self, graph: GraphReader) -> Records:
         return await fetch_collection(graph, PATH, SELECT, parse_token)
 
-    def samples(self, tenant: str, records: Records, now: float) -> Iterator[Sample]:
+    def samples(self, tenant: str, records: Records) -> Iterator[Sample]:
         token: VppToken
         for token in records:
             labels = (tenant, token.id, token.name)
@@ -141,7 +142,7 @@ class VppTokenKind:
             yield "intune_vpp_token_info", (*labels, *info, token.location_name), 1.0
             if token.expires_at is not None:
                 yield "intune_vpp_token_expiry_timestamp_seconds", labels, token.expires_at
-                yield "intune_vpp_token_days_to_expiry", labels, days_until(token.expires_at, now)
+                yield "intune_vpp_token_days_to_expiry", labels, token.expires_at
             states = KNOWN_STATES if token.state in KNOWN_STATES else (*KNOWN_STATES, token.state)
             for state in states:
                 value = 1.0 if state == token.state else 0.0
@@ -150,7 +151,7 @@ class VppTokenKind:
             yield "intune_vpp_token_sync_error", labels, 1.0 if failed else 0.0
             if token.last_sync_at is not None:
                 yield "intune_vpp_token_last_sync_timestamp_seconds", labels, token.last_sync_at
-                yield "intune_vpp_token_last_sync_age_seconds", labels, now - token.last_sync_at
+                yield "intune_vpp_token_last_sync_age_seconds", labels, token.last_sync_at
 
     def status_rows(self, records: Records) -> list[StatusRow]:
         token: VppToken
