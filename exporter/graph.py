@@ -18,6 +18,8 @@ from typing import Final, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
+from aiohttp.helpers import strip_auth_from_url
+from yarl import URL
 
 from . import __version__
 from .errors import GraphError, PollError, Reason
@@ -139,6 +141,7 @@ class GraphClient:
         retry: RetryPolicy | None = None,
         on_response: Callable[[int], None] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        proxy: str | None = None,
     ) -> None:
         self._session = session
         self._base = base_url.rstrip("/")
@@ -150,6 +153,12 @@ class GraphClient:
         self._retry = retry or RetryPolicy()
         self._on_response = on_response or (lambda status: None)
         self._sleep = sleep
+        self._proxy: URL | None = None
+        self._proxy_headers: dict[str, str] | None = None
+        if proxy is not None:
+            self._proxy, auth = strip_auth_from_url(URL(proxy))
+            if auth is not None:
+                self._proxy_headers = {"Proxy-Authorization": auth.encode()}
 
     async def get_collection(self, path: str, select: Sequence[str]) -> list[JsonObject]:
         """Every item of a collection, following `@odata.nextLink` to the end."""
@@ -230,7 +239,13 @@ class GraphClient:
         where = urlsplit(url).path
         try:
             async with self._session.get(
-                url, params=params, headers=headers, timeout=self._timeout, ssl=self._ssl
+                url,
+                params=params,
+                headers=headers,
+                timeout=self._timeout,
+                ssl=self._ssl,
+                proxy=self._proxy,
+                proxy_headers=self._proxy_headers,
             ) as response:
                 body = await response.read()
                 self._on_response(response.status)

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Final
 
 from . import __version__
-from .exposition import Layout, Lines, render_lines
+from .exposition import Exposition, Layout, Lines, render_lines
 from .kinds import KINDS, CredentialKind
 from .metric_spec import MetricSpec
 from .records import Sample
@@ -167,22 +167,22 @@ class TenantLines:
         layout: Layout | None = None,
         kinds: Mapping[str, CredentialKind] = KINDS,
     ) -> None:
-        self.layout = layout or Layout.of(metric_specs(kinds.values()))
+        self.exposition = Exposition(layout or Layout.of(metric_specs(kinds.values())))
+        self.layout = self.exposition.layout
         self._store = store
         self._kinds = kinds
-        self._lines: dict[str, Lines] = {}
         store.subscribe(self._changed)
 
     def _changed(self, name: str, state: TenantState | None) -> None:
         if state is None:
-            self._lines.pop(name, None)
+            self.exposition.remove(name)
             return
         samples = tenant_samples(state, self._store.counters(name), self._kinds)
-        self._lines[name] = render_lines(self.layout, samples)
+        self.exposition.put(name, render_lines(self.layout, samples))
 
     def parts(self, extra: Callable[[], Iterable[Sample]] | None = None) -> tuple[Lines, ...]:
-        """The lines of every tenant (cheap: references), plus `extra` rendered now."""
-        parts = tuple(self._lines.values())
+        """The lines of every tenant, plus `extra` rendered now (for uncached renders)."""
+        parts = self.exposition.snapshot().parts
         if extra is None:
             return parts
         return (*parts, render_lines(self.layout, extra()))

@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client.exposition import gzip_accepted
 
-from .exposition import render, wants_openmetrics
+from .exposition import render_lines, render_snapshot, wants_openmetrics
 from .kinds import KINDS, CredentialKind
 from .metrics import TenantLines
 from .records import Sample
@@ -62,30 +62,39 @@ def build_app(
     async def in_thread(call: Callable[[], _T]) -> _T:
         return await asyncio.get_running_loop().run_in_executor(render_pool, call)
 
-    async def metrics(request: web.Request) -> web.Response:
-        openmetrics, content_type = wants_openmetrics(
-            ",".join(request.headers.getall("Accept", []))
-        )
+    async def metrics(request: web.Request) -> web.StreamResponse:
+        accept = ",".join(request.headers.getall("Accept", []))
+        openmetrics, content_type = wants_openmetrics(accept)
         compress = gzip_accepted(request.headers.get("Accept-Encoding", ""))
         names = frozenset(request.query.getall("name[]")) if "name[]" in request.query else None
-        # On the loop: a consistent set of references; the work happens in the thread.
-        parts = lines.parts(exporter_samples)
-        now = clock()
-        body = await in_thread(
+        # On the loop: a consistent set of references (and a few exporter-level lines); the
+        # joining, formatting and gzip happen in the render thread.
+        exposition = lines.exposition
+        snapshot = exposition.snapshot()
+        extra = render_lines(lines.layout, exporter_samples())
+        chunks, joined = await in_thread(
             partial(
-                render,
-                lines.layout,
-                parts,
-                now,
+                render_snapshot,
+                snapshot,
+                clock(),
                 openmetrics=openmetrics,
                 names=names,
+                extra=extra,
                 compress=compress,
             )
         )
-        headers = {"Content-Type": content_type}
+        exposition.keep(snapshot, joined)
+        response = web.StreamResponse(headers={"Content-Type": content_type})
         if compress:
-            headers["Content-Encoding"] = "gzip"
-        return web.Response(body=body, headers=headers)
+            response.headers["Content-Encoding"] = "gzip"
+        # Written chunk by chunk: a 80 MB body is not copied into one more buffer first.
+        response.content_length = sum(map(len, chunks))
+        await response.prepare(request)
+        for chunk in chunks:
+            if chunk:
+                await response.write(chunk)
+        await response.write_eof()
+        return response
 
     async def health(request: web.Request) -> web.Response:
         problem = health_problem()

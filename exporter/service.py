@@ -24,6 +24,7 @@ from .graph import GraphClient, RetryPolicy
 from .kinds import KINDS
 from .metrics import TenantLines, exporter_samples
 from .pollers import Scheduler, TenantPoller
+from .proxies import proxy_for
 from .records import Sample
 from .sharding import Shard
 from .snapshot import SnapshotStore
@@ -84,16 +85,17 @@ class Exporter:
     async def open(self) -> None:
         """Create the HTTP session and the pollers, without starting to poll."""
         config = self.config
-        # trust_env: corporate HTTPS_PROXY settings apply to Graph as they do to MSAL.
+        # No trust_env: HTTPS_PROXY and NO_PROXY are read once per tenant (exporter.proxies).
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=max(config.max_concurrency * 4, 16)),
-            trust_env=True,
         )
         pollers = []
         for tenant in self.tenants:
-            msal_session = self._trust.requests_session(tenant.ca_file, config.request_timeout)
+            msal_http = self._trust.msal_client(
+                tenant.ca_file, config.request_timeout, proxy_for(tenant.authority_url)
+            )
             tokens = MsalTokenProvider(
-                auth_settings(tenant), http_client=msal_session, executor=self._executor
+                auth_settings(tenant), http_client=msal_http, executor=self._executor
             )
             graph = GraphClient(
                 self._session,
@@ -103,6 +105,7 @@ class Exporter:
                 ssl_context=self._trust.aiohttp_context(tenant.ca_file),
                 retry=self._retry,
                 on_response=self._request_counter(tenant.name),
+                proxy=proxy_for(tenant.graph_url),
             )
             collectors = [KINDS[c] for c in config.collectors_for(tenant)]
             pollers.append(TenantPoller(tenant.name, collectors, graph, self.store))

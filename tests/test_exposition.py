@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import exposition, server
 from exporter.demo import demo_config, start_demo_cloud
-from exporter.exposition import Layout, render, render_lines
+from exporter.exposition import Layout, render, render_lines, render_snapshot
 from exporter.kinds import KINDS
 from exporter.metric_spec import MetricSpec
 from exporter.metrics import TenantLines, exporter_samples
@@ -288,14 +288,14 @@ async def test_health_answers_while_a_scrape_is_rendering(
 ) -> None:
     _, base = served
     entered, release = threading.Event(), threading.Event()
-    real_render = exposition.render
+    real_render = exposition.render_snapshot
 
-    def slow_render(*args: Any, **kwargs: Any) -> bytes:
+    def slow_render(*args: Any, **kwargs: Any) -> Any:
         entered.set()
         release.wait(30)
         return real_render(*args, **kwargs)
 
-    monkeypatch.setattr(server, "render", slow_render)
+    monkeypatch.setattr(server, "render_snapshot", slow_render)
     async with aiohttp.ClientSession() as http:
         scrape = asyncio.ensure_future(http.get(f"{base}/metrics"))
         await asyncio.get_running_loop().run_in_executor(None, entered.wait, 30)
@@ -317,3 +317,59 @@ def test_render_skips_nothing_for_parts_without_a_family() -> None:
     assert body.count("# TYPE intune_ade_token_days_to_expiry gauge") == 1
     families: Iterator[Any] = text_string_to_metric_families(body)
     assert len({f.name for f in families}) == len(lines.layout.specs)
+
+
+def test_joins_are_reused_until_a_part_of_that_family_changes() -> None:
+    store, lines = generated_store(20)
+    cache = lines.exposition
+    first = cache.snapshot()
+    assert all(family is None for family in first.families)
+    _, joined = render_snapshot(first, NOW, openmetrics=False)
+    cache.keep(first, joined)
+    assert all(family is not None for family in cache.snapshot().families)
+    # A poll that changes only the tenant's poll time and counters dirties only those families.
+    name = "tenant-00003"
+    store.record_poll(name, {"ade": store.tenant(name).collectors["ade"].records or ()}, NOW, 2)
+    second = cache.snapshot()
+    dirty = {lines.layout.specs[i].name for i, f in enumerate(second.families) if f is None}
+    assert "intune_tenant_polls_total" in dirty
+    assert "intune_tenant_poll_duration_seconds" in dirty
+    assert "intune_ade_token_info" not in dirty
+    assert "intune_ade_token_days_to_expiry" not in dirty
+    again, joined = render_snapshot(second, NOW, openmetrics=False)
+    cache.keep(second, joined)
+    samples = samples_by_name(b"".join(again).decode())
+    assert one(samples, "intune_tenant_polls_total", tenant=name) == 2.0
+    assert one(samples, "intune_tenant_poll_duration_seconds", tenant=name) == 2.0
+    # The cached and uncached renders agree.
+    assert b"".join(again) == render(lines.layout, lines.parts(), NOW, openmetrics=False)
+
+
+def test_a_join_made_while_a_part_changed_is_not_kept() -> None:
+    store, lines = generated_store(3)
+    cache = lines.exposition
+    snapshot = cache.snapshot()
+    _, joined = render_snapshot(snapshot, NOW, openmetrics=False)
+    store.remove_tenant("tenant-00001")  # lands while the scrape was rendering
+    cache.keep(snapshot, joined)
+    body = b"".join(render_snapshot(cache.snapshot(), NOW, openmetrics=False)[0]).decode()
+    assert "tenant-00001" not in body
+    assert "tenant-00002" in body
+
+
+async def test_a_change_shows_in_the_next_scrape_over_http(
+    world: World, served: tuple[Exporter, str]
+) -> None:
+    exporter, base = served
+    sim = world.cloud.tenants[world.tenants[0]["tenant_id"]]
+
+    async def token_names() -> list[str]:
+        async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as r:
+            samples = samples_by_name(await r.text())
+        return sorted(labels["token_name"] for labels, _ in samples["intune_ade_token_info"])
+
+    assert await token_names() == ["Contoso iOS"]
+    assert await token_names() == ["Contoso iOS"]  # from the kept joins
+    sim.ade_tokens = [ade_item("Contoso iOS"), ade_item("Contoso Macs")]
+    await exporter.poll_all_once()
+    assert await token_names() == ["Contoso Macs", "Contoso iOS"]
