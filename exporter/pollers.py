@@ -1,8 +1,8 @@
-"""Polling: each tenant's collectors run concurrently; tenants are scheduled over the interval.
+"""Polling one tenant: a token first, then every due credential kind concurrently.
 
-The first round starts at once (bounded by `max_concurrency`) so that the exporter is ready
-quickly; after that each tenant has its own slot, spread evenly over `poll_interval`, so that a
-hundred tenants do not hit Graph in the same second every ten minutes.
+A poll never raises for Graph or Entra failures: each collector's outcome (records or
+`PollError`) goes to the snapshot store. A poll has a deadline; what has not finished by then
+counts as `timeout`, so a hung request never leaves a tenant's data silently frozen.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
 
 from .errors import AuthError, PollError
 from .kinds import CredentialKind
@@ -21,8 +22,21 @@ from .snapshot import SnapshotStore, TenantState
 log = logging.getLogger(__name__)
 
 
+class Tokens(Protocol):
+    """The one thing a poller asks of the token provider."""
+
+    async def token(self) -> str:
+        """A valid access token; raises `PollError`."""
+        ...
+
+
 class TenantPoller:
-    """Polls one tenant: every enabled credential kind, concurrently, sharing one token."""
+    """Polls one tenant: every enabled credential kind, concurrently, sharing one token.
+
+    `intervals` holds the collectors that run less often than every poll (`collector_intervals`
+    longer than `poll_interval`): such a collector is skipped until its interval has passed, and
+    keeps its last values and health meanwhile.
+    """
 
     def __init__(
         self,
@@ -30,25 +44,98 @@ class TenantPoller:
         collectors: Sequence[CredentialKind],
         graph: GraphReader,
         store: SnapshotStore,
+        *,
+        tokens: Tokens | None = None,
+        intervals: Mapping[str, float] | None = None,
+        poll_interval: float = 600.0,
+        deadline: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
         self._collectors = tuple(collectors)
         self._graph = graph
         self._store = store
+        self._tokens = tokens
+        self._intervals = dict(intervals or {})
+        self._poll_interval = poll_interval
+        self.deadline = deadline
+        self._clock = clock
+        self._last_run: dict[str, float] = {}
 
-    async def poll_once(self) -> TenantState | None:
-        """Run every collector once and record the outcome; never raises for Graph failures.
+    def due(self) -> tuple[CredentialKind, ...]:
+        """The collectors this poll runs: every one, but those not yet due by their interval.
 
+        A collector is due when half a poll interval or less is left of its own interval, so
+        that a 1h collector of a 10m poll runs every sixth poll, not every seventh.
+        """
+        now = self._clock()
+        chosen = []
+        for collector in self._collectors:
+            interval = self._intervals.get(collector.name)
+            last = self._last_run.get(collector.name)
+            if interval is None or last is None or now - last >= interval - self._poll_interval / 2:
+                chosen.append(collector)
+        return tuple(chosen)
+
+    async def authenticate(self) -> PollError | None:
+        """Get the tenant's token (ahead of its Graph slot); the failure, if any."""
+        if self._tokens is None:
+            return None
+        try:
+            await self._tokens.token()
+        except PollError as exc:
+            return exc
+        return None
+
+    async def poll_once(
+        self, auth: PollError | None = None, *, authenticated: bool = False
+    ) -> TenantState | None:
+        """Run every due collector once and record the outcome.
+
+        `authenticated` says that `authenticate()` already ran and `auth` is its outcome.
         Returns the new state (None when the tenant was removed meanwhile).
         """
         started_at = time.time()
         started = time.monotonic()
-        outcomes = await asyncio.gather(*(self._fetch(c) for c in self._collectors))
+        collectors = self.due()
+        if not collectors:
+            return self._store.tenant(self.name) if self._store.has(self.name) else None
+        if not authenticated:
+            auth = await self.authenticate()
+        if auth is not None:
+            # One token serves every collector: its failure is every collector's.
+            results: dict[str, Records | PollError] = {c.name: auth for c in collectors}
+        else:
+            results = await self._run(collectors, started)
+        for collector in collectors:
+            self._last_run[collector.name] = self._clock()
         duration = time.monotonic() - started
-        results = {c.name: outcome for c, outcome in zip(self._collectors, outcomes, strict=True)}
         state = self._store.record_poll(self.name, results, started_at, duration)
         self._log(results, duration)
         return state
+
+    async def _run(
+        self, collectors: Sequence[CredentialKind], started: float
+    ) -> dict[str, Records | PollError]:
+        tasks = {
+            c.name: asyncio.ensure_future(self._fetch(c), loop=asyncio.get_running_loop())
+            for c in collectors
+        }
+        timeout = None if self.deadline is None else self.deadline - (time.monotonic() - started)
+        try:
+            await asyncio.wait(tasks.values(), timeout=max(timeout, 0.0) if timeout else None)
+        finally:
+            for task in tasks.values():
+                task.cancel()
+        results: dict[str, Records | PollError] = {}
+        for name, task in tasks.items():
+            if task.done() and not task.cancelled():
+                results[name] = task.result()
+            else:
+                results[name] = PollError(
+                    "timeout", f"the poll did not finish within its deadline of {self.deadline:g}s"
+                )
+        return results
 
     async def _fetch(self, collector: CredentialKind) -> Records | PollError:
         try:
@@ -63,7 +150,7 @@ class TenantPoller:
             )
             return PollError("invalid_response", f"internal error: {type(exc).__name__}")
 
-    def _log(self, results: dict[str, Records | PollError], duration: float) -> None:
+    def _log(self, results: Mapping[str, Records | PollError], duration: float) -> None:
         errors = {name: r for name, r in results.items() if isinstance(r, PollError)}
         if not errors:
             log.debug(
@@ -86,65 +173,3 @@ class TenantPoller:
             if isinstance(error, AuthError) and error.aadsts_code is not None:
                 extra["aadsts"] = error.aadsts_code
             log.warning("poll failed: %s", error.message, extra=extra)
-
-
-class Scheduler:
-    """Runs every tenant's poller forever: first round at once, then on evenly spread slots."""
-
-    def __init__(
-        self,
-        pollers: Sequence[TenantPoller],
-        interval: float,
-        max_concurrency: int,
-    ) -> None:
-        self._pollers = tuple(pollers)
-        self._interval = interval
-        self._semaphore = asyncio.Semaphore(max_concurrency)
-
-    async def run(self) -> None:
-        """Poll until cancelled."""
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        offsets = slot_offsets(len(self._pollers), self._interval)
-        async with asyncio.TaskGroup() as group:
-            for poller, offset in zip(self._pollers, offsets, strict=True):
-                group.create_task(self._run_tenant(poller, start, offset), name=poller.name)
-
-    async def run_round(self) -> None:
-        """Poll every tenant once, `max_concurrency` at a time (for benchmarks and tests)."""
-        await asyncio.gather(*(self._poll(poller) for poller in self._pollers))
-
-    async def _poll(self, poller: TenantPoller) -> None:
-        async with self._semaphore:
-            try:
-                await poller.poll_once()
-            except Exception:
-                # Never let one tenant's bug end the task group that polls every tenant.
-                log.exception("poll crashed", extra={"tenant": poller.name})
-
-    async def _run_tenant(self, poller: TenantPoller, start: float, offset: float) -> None:
-        loop = asyncio.get_running_loop()
-        await self._poll(poller)
-        due = start + offset + self._interval
-        while True:
-            now = loop.time()
-            due = next_slot(due, now, self._interval)
-            await asyncio.sleep(due - now)
-            await self._poll(poller)
-            due += self._interval
-
-
-def slot_offsets(count: int, interval: float) -> list[float]:
-    """Each tenant's offset within the interval: evenly spread, in config order."""
-    return [interval * index / max(count, 1) for index in range(count)]
-
-
-def next_slot(due: float, now: float, interval: float) -> float:
-    """The slot to poll at: `due`, or when a poll overran it, the next one still ahead.
-
-    Missed slots are skipped rather than run back to back, so a slow Graph does not pile up.
-    """
-    if due > now:
-        return due
-    missed = int((now - due) // interval) + 1
-    return due + missed * interval

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import aiohttp
 
 from .auth import (
+    TOKEN_SLOTS,
     AuthSettings,
     ClientCertificateFile,
     ClientSecret,
@@ -23,9 +24,10 @@ from .config import ExporterConfig, TenantConfig
 from .graph import GraphClient, RetryPolicy
 from .kinds import KINDS
 from .metrics import TenantLines, exporter_samples
-from .pollers import Scheduler, TenantPoller
+from .pollers import TenantPoller
 from .proxies import proxy_for
 from .records import Sample
+from .scheduler import Scheduler, poll_deadline
 from .sharding import Shard
 from .snapshot import SnapshotStore
 from .tls import TrustStore
@@ -34,7 +36,7 @@ log = logging.getLogger(__name__)
 
 
 class Exporter:
-    """Owns the HTTP sessions, MSAL's worker threads and the pollers of every tenant."""
+    """Owns the HTTP sessions, MSAL's worker threads, and a poller for every tenant it owns."""
 
     def __init__(
         self,
@@ -56,8 +58,10 @@ class Exporter:
         self._trust = TrustStore(ca_data, pool_size=workers)
         self._retry = retry
         self._session: aiohttp.ClientSession | None = None
-        self._scheduler: Scheduler | None = None
+        self._scheduler = Scheduler(config.poll_interval, config.max_concurrency)
         self._task: asyncio.Task[None] | None = None
+        self._started_at: float | None = None
+        self._token_slots = asyncio.Semaphore(TOKEN_SLOTS)
         for tenant in self.tenants:
             self.store.add_tenant(
                 tenant.name, tenant.tenant_id, tenant.cloud, config.collectors_for(tenant)
@@ -69,8 +73,26 @@ class Exporter:
         return self._task is None or not self._task.done()
 
     def health_problem(self) -> str | None:
-        """Why the exporter is not healthy, or None."""
-        return None if self.polling else "polling has stopped"
+        """Why the exporter is not healthy, or None.
+
+        Unhealthy when polling has died, or when no poll of any tenant has finished for two
+        intervals plus a poll's deadline: every poll ends by its deadline, so only a stuck
+        exporter stays that long without one.
+        """
+        if not self.polling:
+            return "polling has stopped"
+        if self._started_at is None or not self.tenants:
+            return None
+        interval = self._scheduler.interval
+        allowed = 2 * interval + poll_deadline(interval)
+        now = asyncio.get_running_loop().time()
+        last = self._scheduler.last_progress or self._started_at
+        if now - last > allowed:
+            return (
+                f"no poll of any tenant has finished for {now - last:.0f}s "
+                f"(more than 2 x poll_interval + the {poll_deadline(interval):g}s deadline)"
+            )
+        return None
 
     def exporter_samples(self) -> Iterator[Sample]:
         """The exporter's own samples, as of now."""
@@ -82,39 +104,53 @@ class Exporter:
 
         return count
 
+    def _poller(self, tenant: TenantConfig) -> TenantPoller:
+        """A tenant's token provider, Graph client and poller."""
+        config = self.config
+        assert self._session is not None
+        msal_http = self._trust.msal_client(
+            tenant.ca_file, config.request_timeout, proxy_for(tenant.authority_url)
+        )
+        tokens = MsalTokenProvider(
+            auth_settings(tenant),
+            http_client=msal_http,
+            executor=self._executor,
+            slots=self._token_slots,
+        )
+        graph = GraphClient(
+            self._session,
+            tenant.graph_url,
+            tokens,
+            timeout=config.request_timeout,
+            ssl_context=self._trust.aiohttp_context(tenant.ca_file),
+            retry=self._retry,
+            on_response=self._request_counter(tenant.name),
+            proxy=proxy_for(tenant.graph_url),
+        )
+        collectors = [KINDS[c] for c in config.collectors_for(tenant)]
+        return TenantPoller(
+            tenant.name,
+            collectors,
+            graph,
+            self.store,
+            tokens=tokens,
+            poll_interval=config.poll_interval,
+        )
+
     async def open(self) -> None:
         """Create the HTTP session and the pollers, without starting to poll."""
-        config = self.config
+        if self._session is not None:
+            return
         # No trust_env: HTTPS_PROXY and NO_PROXY are read once per tenant (exporter.proxies).
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=max(config.max_concurrency * 4, 16)),
+            connector=aiohttp.TCPConnector(limit=max(self.config.max_concurrency * 4, 16)),
         )
-        pollers = []
-        for tenant in self.tenants:
-            msal_http = self._trust.msal_client(
-                tenant.ca_file, config.request_timeout, proxy_for(tenant.authority_url)
-            )
-            tokens = MsalTokenProvider(
-                auth_settings(tenant), http_client=msal_http, executor=self._executor
-            )
-            graph = GraphClient(
-                self._session,
-                tenant.graph_url,
-                tokens,
-                timeout=config.request_timeout,
-                ssl_context=self._trust.aiohttp_context(tenant.ca_file),
-                retry=self._retry,
-                on_response=self._request_counter(tenant.name),
-                proxy=proxy_for(tenant.graph_url),
-            )
-            collectors = [KINDS[c] for c in config.collectors_for(tenant)]
-            pollers.append(TenantPoller(tenant.name, collectors, graph, self.store))
-        self._scheduler = Scheduler(pollers, config.poll_interval, config.max_concurrency)
+        self._scheduler.add_all([self._poller(tenant) for tenant in self.tenants])
 
     async def start(self) -> None:
         """Open, then poll every tenant in the background until `close()`."""
         await self.open()
-        assert self._scheduler is not None
+        self._started_at = asyncio.get_running_loop().time()
         self._task = asyncio.create_task(self._scheduler.run(), name="scheduler")
         self._task.add_done_callback(self._scheduler_ended)
 
@@ -124,10 +160,8 @@ class Exporter:
             log.critical("polling stopped", exc_info=task.exception())
 
     async def poll_all_once(self) -> None:
-        """Poll every tenant once (tests and benchmarks); `open()` first."""
-        if self._scheduler is None:
-            await self.open()
-        assert self._scheduler is not None
+        """Poll every tenant once (tests and benchmarks); opens first if needed."""
+        await self.open()
         await self._scheduler.run_round()
 
     async def close(self) -> None:

@@ -183,6 +183,10 @@ class SnapshotStore:
         """The current state of one tenant."""
         return self._tenants[name]
 
+    def has(self, name: str) -> bool:
+        """Whether the tenant is (still) in the store."""
+        return name in self._tenants
+
     def counters(self, name: str) -> TenantCounters:
         """A copy of one tenant's counters."""
         return self._counts[name].frozen()

@@ -59,11 +59,10 @@ async def test_rotated_client_secret_file_is_picked_up(world: World, tmp_path: P
     secret_file = tmp_path / "secret"
     secret_file.write_text(SECRET)
     app = SimApp(CLIENT_ID, secret=SECRET)
-    world.add(
+    sim = world.add(
         "contoso",
         ade_tokens=[ade_item("A")],
         app=app,
-        token_lifetime=120,
         credential={"client_secret_file": str(secret_file)},
     )
     exporter = await world.exporter(collect=["ade"])
@@ -71,6 +70,11 @@ async def test_rotated_client_secret_file_is_picked_up(world: World, tmp_path: P
 
     app.secret = "rotated-secret-value-2"
     secret_file.write_text("rotated-secret-value-2")
+    # The token from the old secret stays valid and is used until it is not: then the next
+    # token comes from the new secret.
+    await exporter.poll_all_once()
+    assert [r.accepted for r in world.cloud.token_requests] == [True]
+    world.cloud.expire_tokens(sim.tenant_id)
     await exporter.poll_all_once()
 
     assert [r.accepted for r in world.cloud.token_requests] == [True, True]
@@ -155,20 +159,20 @@ async def test_federated_token_file_is_read_again_for_each_new_token(
     token_file = tmp_path / "azure-identity-token"
     token_file.write_text("federated-jwt-one")
     app = SimApp(CLIENT_ID, federated_tokens={"federated-jwt-one"})
-    # Short-lived access tokens: MSAL asks for a new one at every poll.
-    world.add(
+    sim = world.add(
         "contoso",
         ade_tokens=[ade_item("A")],
         app=app,
-        token_lifetime=120,
         credential={"federated_token_file": str(token_file)},
     )
     exporter = await world.exporter(collect=["ade"])
     await exporter.poll_all_once()
 
-    # Kubernetes rotates the projected token; the old one is no longer accepted.
+    # Kubernetes rotates the projected token; the old one is no longer accepted. The next
+    # access token (here: the old one was revoked early) is asked for with the new file.
     app.federated_tokens = {"federated-jwt-two"}
     token_file.write_text("federated-jwt-two")
+    world.cloud.expire_tokens(sim.tenant_id)
     await exporter.poll_all_once()
 
     assert [(r.credential, r.accepted) for r in world.cloud.token_requests] == [

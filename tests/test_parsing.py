@@ -17,7 +17,7 @@ from exporter.demo.simulator import (
 from exporter.graph import parse_graph_error, parse_retry_after
 from exporter.graphtime import parse_graph_datetime
 from exporter.logs import configure_logging
-from exporter.pollers import next_slot, slot_offsets
+from exporter.scheduler import next_slot, slot_offsets
 
 BASE = datetime(2026, 11, 25, 1, 0, 2, tzinfo=UTC).timestamp()
 

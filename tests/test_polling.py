@@ -7,9 +7,12 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
+from exporter.auth import AuthSettings, ClientSecret, MsalTokenProvider, usable_for
 from exporter.demo.simulator import (
     ADE_PATH,
     INTUNE_FORBIDDEN_MESSAGE,
@@ -20,9 +23,11 @@ from exporter.demo.simulator import (
 )
 from exporter.errors import PollError
 from exporter.graph import RetryPolicy
+from exporter.msal_http import MsalHttpClient
 from exporter.service import Exporter
+from exporter.tls import client_ssl_context
 
-from .conftest import SECRET, World, exposition, one, samples_by_name
+from .conftest import CLIENT_ID, SECRET, World, exposition, one, samples_by_name
 from .graph_data import DAY, NOW, ade_item, apns_item, vpp_item
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
@@ -323,17 +328,39 @@ async def test_token_expiring_mid_run_is_replaced(world: World) -> None:
     assert exporter.store.tenant("contoso").up
 
 
-async def test_short_lived_tokens_are_renewed_by_msal(world: World) -> None:
-    # MSAL counts a token with under 5 minutes left as expired and fetches a new one.
+def test_a_token_is_used_until_5_minutes_before_expiry_or_half_a_short_life() -> None:
+    assert usable_for(3599) == 3299.0
+    assert usable_for(601) == 301.0
+    assert usable_for(120) == 60.0
+    assert usable_for(-5) == 0.0
+
+
+async def test_a_short_lived_token_is_reused_for_half_its_life_then_renewed(
+    world: World, ca_file: Path
+) -> None:
+    # MSAL counts a token with under 5 minutes left as expired and fetches a new one; the
+    # provider asks it again once half of such a token's life has passed.
     sim = world.add("contoso", ade_tokens=[ade_item("A")], token_lifetime=120)
-    exporter = await world.exporter(collect=["ade"])
-
-    await exporter.poll_all_once()
-    await exporter.poll_all_once()
-
+    reused_for = 60.0
+    now = [1000.0]
+    settings = AuthSettings(
+        "contoso",
+        f"{world.cloud.base_url}/{sim.tenant_id}",
+        CLIENT_ID,
+        f"{world.cloud.base_url}/.default",
+        ClientSecret(SECRET),
+    )
+    http = MsalHttpClient(client_ssl_context(ca_file), 5)
+    with ThreadPoolExecutor(2) as pool:
+        tokens = MsalTokenProvider(settings, http_client=http, executor=pool, clock=lambda: now[0])
+        first = await tokens.token()
+        now[0] += reused_for - 1
+        assert await tokens.token() == first
+        assert len(world.cloud.token_requests) == 1
+        now[0] += 2
+        second = await tokens.token()
+    assert second != first
     assert len(world.cloud.token_requests) == 2
-    first, second = world.cloud.requests_for(sim.tenant_id, ADE_PATH)
-    assert first.token != second.token and second.status == 200
 
 
 async def test_a_repeated_401_is_an_auth_failure(world: World) -> None:
@@ -606,7 +633,7 @@ async def test_a_collector_bug_costs_one_collector_one_poll(
 
     world.add("contoso", ade_tokens=[ade_item("A")])
     exporter = await world.exporter(collect=["ade", "vpp"])
-    graph = exporter._scheduler._pollers[0]._graph  # type: ignore[union-attr]
+    graph = exporter._scheduler._pollers["contoso"]._graph
     poller = TenantPoller("contoso", [KINDS["ade"], Broken()], graph, exporter.store)  # type: ignore[list-item]
 
     state = await poller.poll_once()

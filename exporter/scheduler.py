@@ -1,0 +1,212 @@
+"""When each tenant is polled: the first round at once, then each tenant on its own slot.
+
+The first round starts at once so that the exporter is ready quickly; after it, each tenant
+has a slot, spread evenly over `poll_interval`, so that a hundred tenants do not hit Graph in
+the same second every ten minutes. At most `max_concurrency` tenants talk to Graph at once; a
+tenant gets its token from Entra ID before it takes a Graph slot, so token requests (MSAL, in
+threads) overlap with other tenants' Graph requests instead of holding a slot.
+
+Tenants can be added, replaced and removed while it runs (config reload, GDAP discovery); a
+changed interval or concurrency applies from each tenant's next slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from functools import partial
+from typing import Final
+
+from .errors import PollError
+from .pollers import TenantPoller
+from .sharding import fnv1a_64
+
+log = logging.getLogger(__name__)
+
+# The longest a poll may run, whatever the interval (issue: a hung Graph call must surface).
+MAX_DEADLINE: Final = 600.0
+
+
+def poll_deadline(interval: float) -> float:
+    """A poll's deadline: its interval, at most 10 minutes."""
+    return min(interval, MAX_DEADLINE)
+
+
+class Limiter:
+    """A semaphore whose size can change while tasks wait on it."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._held = 0
+        self._changed = asyncio.Condition()
+
+    async def set_limit(self, limit: int) -> None:
+        async with self._changed:
+            self._limit = limit
+            self._changed.notify_all()
+
+    async def __aenter__(self) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._held < self._limit)
+            self._held += 1
+
+    async def __aexit__(self, *exc: object) -> None:
+        async with self._changed:
+            self._held -= 1
+            self._changed.notify()
+
+
+def slot_offsets(count: int, interval: float) -> list[float]:
+    """Each tenant's offset within the interval: evenly spread, in config order."""
+    return [interval * index / max(count, 1) for index in range(count)]
+
+
+def hashed_offset(name: str, interval: float) -> float:
+    """A stable offset for a tenant that joins later: spread by its name's hash."""
+    return interval * (fnv1a_64(name.encode()) / 2.0**64)
+
+
+def next_slot(due: float, now: float, interval: float) -> float:
+    """The slot to poll at: `due`, or when a poll overran it, the next one still ahead.
+
+    Missed slots are skipped rather than run back to back, so a slow Graph does not pile up.
+    """
+    if due > now:
+        return due
+    missed = int((now - due) // interval) + 1
+    return due + missed * interval
+
+
+class Scheduler:
+    """Runs every tenant's poller until stopped; tenants come and go while it runs."""
+
+    def __init__(self, interval: float, max_concurrency: int) -> None:
+        self._interval = interval
+        self._limiter = Limiter(max_concurrency)
+        self._pollers: dict[str, TenantPoller] = {}
+        self._offsets: dict[str, float] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._start: float | None = None
+        self._last_progress: float | None = None
+        self._stopped = asyncio.Event()
+
+    @property
+    def interval(self) -> float:
+        return self._interval
+
+    @property
+    def running(self) -> bool:
+        return self._start is not None and not self._stopped.is_set()
+
+    @property
+    def last_progress(self) -> float | None:
+        """Loop time at which the last poll of any tenant finished (None before the first)."""
+        return self._last_progress
+
+    def names(self) -> list[str]:
+        return list(self._pollers)
+
+    def add(self, poller: TenantPoller, offset: float | None = None) -> None:
+        """Poll `poller` (at once if running); it replaces a poller of the same name."""
+        self.remove(poller.name)
+        self._pollers[poller.name] = poller
+        self._offsets[poller.name] = (
+            offset if offset is not None else hashed_offset(poller.name, self._interval)
+        )
+        if self.running:
+            self._spawn(poller)
+
+    def add_all(self, pollers: Sequence[TenantPoller]) -> None:
+        """Add tenants with evenly spread slots, in their order."""
+        for poller, offset in zip(pollers, slot_offsets(len(pollers), self._interval), strict=True):
+            self.add(poller, offset)
+
+    def remove(self, name: str) -> None:
+        """Stop polling a tenant; a poll in flight is cancelled."""
+        self._pollers.pop(name, None)
+        self._offsets.pop(name, None)
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+
+    async def set_limits(self, interval: float, max_concurrency: int) -> None:
+        """New interval and concurrency, from each tenant's next slot."""
+        self._interval = interval
+        await self._limiter.set_limit(max_concurrency)
+
+    async def run(self) -> None:
+        """Poll every tenant until `stop()` (or cancellation)."""
+        self._start = asyncio.get_running_loop().time()
+        self._stopped.clear()
+        for poller in self._pollers.values():
+            self._spawn(poller)
+        try:
+            await self._stopped.wait()
+        finally:
+            await self._cancel_all()
+            self._start = None
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    async def run_round(self) -> None:
+        """Poll every tenant once, as the first round does (for benchmarks and tests)."""
+        await asyncio.gather(*(self._poll(poller) for poller in list(self._pollers.values())))
+
+    async def _cancel_all(self) -> None:
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _spawn(self, poller: TenantPoller) -> None:
+        task = asyncio.create_task(self._run_tenant(poller), name=f"poll {poller.name}")
+        self._tasks[poller.name] = task
+        task.add_done_callback(partial(self._ended, poller.name))
+
+    def _ended(self, name: str, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(name) is task:
+            del self._tasks[name]
+        if not task.cancelled() and task.exception() is not None:
+            log.critical(
+                "polling of a tenant stopped", extra={"tenant": name}, exc_info=task.exception()
+            )
+
+    async def _poll(self, poller: TenantPoller) -> None:
+        deadline = poll_deadline(self._interval)
+        poller.deadline = deadline
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            # The token first, outside the Graph slot (within the poll's deadline).
+            try:
+                auth = await asyncio.wait_for(poller.authenticate(), deadline)
+            except TimeoutError:
+                auth = PollError("timeout", f"no token from Entra ID within {deadline:g}s")
+            poller.deadline = max(deadline - (loop.time() - started), 0.0)
+            async with self._limiter:
+                await poller.poll_once(auth, authenticated=True)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Never let one tenant's bug end the polling of every tenant.
+            log.exception("poll crashed", extra={"tenant": poller.name})
+        self._last_progress = loop.time()
+
+    async def _run_tenant(self, poller: TenantPoller) -> None:
+        loop = asyncio.get_running_loop()
+        await self._poll(poller)
+        start = self._start if self._start is not None else loop.time()
+        offset = self._offsets.get(poller.name, 0.0)
+        due = start + offset + self._interval
+        while True:
+            now = loop.time()
+            due = next_slot(due, now, self._interval)
+            await asyncio.sleep(due - now)
+            await self._poll(poller)
+            due += self._interval
