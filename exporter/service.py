@@ -66,6 +66,25 @@ class Exporter:
             self.store.add_tenant(
                 tenant.name, tenant.tenant_id, tenant.cloud, config.collectors_for(tenant)
             )
+        self._ready_logged = False
+        self.store.subscribe(self._note_ready)
+
+    def _note_ready(self, name: str, state: object) -> None:
+        if self._ready_logged or not self.store.ready or self._started_at is None:
+            return
+        self._ready_logged = True
+        done, _ = self.store.progress
+        up = sum(1 for tenant in self.store.view().tenants if tenant.up)
+        log.info(
+            "ready: every tenant has finished its first poll",
+            extra={
+                "first_round_seconds": round(
+                    asyncio.get_running_loop().time() - self._started_at, 3
+                ),
+                "tenants": done,
+                "tenants_up": up,
+            },
+        )
 
     @property
     def polling(self) -> bool:

@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "kubernetes"
 BASE = K8S / "base"
 OVERLAY = K8S / "overlays" / "workload-identity"
+SHARDED = K8S / "overlays" / "sharded"
 NAME = "intune-apple-token-exporter"
 CONFIG_PATH = "/etc/intune-apple-token-exporter/config.yaml"
 PROJECTED_TOKEN = "/var/run/secrets/azure/tokens/azure-identity-token"
@@ -590,6 +591,61 @@ def test_kustomize_output_is_valid(path: Path) -> None:
     assert {"name": config_map["metadata"]["name"]} in [v.get("configMap") for v in volumes]
     source = (OVERLAY if path == OVERLAY else BASE) / "config.yaml"
     assert config_map["data"]["config.yaml"] == source.read_text()
+
+
+def test_sharded_overlay_rendered() -> None:
+    docs = kustomize(SHARDED)
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == sorted(
+        [
+            "ConfigMap",
+            "StatefulSet",
+            "NetworkPolicy",
+            "PrometheusRule",
+            "Service",
+            "ServiceAccount",
+            "ServiceMonitor",
+        ]
+    )
+    for doc in docs:
+        validate_manifest(doc)
+        assert doc["metadata"]["namespace"] == "monitoring"
+    by_kind = {d["kind"]: d for d in docs}
+    service, statefulset = by_kind["Service"], by_kind["StatefulSet"]
+    assert service["spec"]["clusterIP"] == "None"  # headless: every pod is an endpoint
+    assert statefulset["spec"]["serviceName"] == service["metadata"]["name"]
+    assert statefulset["spec"]["podManagementPolicy"] == "Parallel"
+    pod = statefulset["spec"]["template"]
+    selector = by_kind["ServiceMonitor"]["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= service["metadata"]["labels"].items()
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    container = pod["spec"]["containers"][0]
+    args = container["args"]
+    # Both numbers change together: replicas and --total-shards.
+    assert f"--total-shards={statefulset['spec']['replicas']}" in args
+    assert "--shard.from-pod-name" in args
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    # The flags parse, and the StatefulSet's pod names give every shard exactly once.
+    from exporter.cli import build_parser, shard_from_args
+
+    name = statefulset["metadata"]["name"]
+    shards = set()
+    for ordinal in range(statefulset["spec"]["replicas"]):
+        parsed = build_parser().parse_args(args)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("POD_NAME", f"{name}-{ordinal}")
+            shards.add(shard_from_args(parsed).index)
+    assert shards == set(range(statefulset["spec"]["replicas"]))
+    volumes = pod["spec"]["volumes"]
+    assert {"name": by_kind["ConfigMap"]["metadata"]["name"]} in [
+        v.get("configMap") for v in volumes
+    ]
+    # Hardened as the base Deployment is.
+    base = base_resources()["Deployment"]["spec"]["template"]["spec"]
+    assert pod["spec"]["securityContext"] == base["securityContext"]
+    assert container["securityContext"] == base["containers"][0]["securityContext"]
+    assert container["livenessProbe"] == base["containers"][0]["livenessProbe"]
 
 
 def test_workload_identity_overlay_rendered() -> None:
