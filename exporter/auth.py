@@ -1,8 +1,8 @@
 """Access tokens for Graph: one MSAL confidential client per tenant, client-credentials flow.
 
 MSAL is blocking and its constructor already does network I/O (OIDC discovery), so the client is
-built lazily and every MSAL call runs in a worker thread. MSAL's own cache answers repeated
-requests (since 1.23 `acquire_token_for_client` looks there first).
+built lazily and every MSAL call runs in a worker thread, under a total deadline (a hung call is
+abandoned, never awaited forever). The last token is reused until MSAL itself would renew it.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ import msal
 from msal.exceptions import MsalServiceError
 
 from .credentials import CredentialFileError, load_certificate, read_text_file
+from .entra_errors import AADSTS_HINTS, AADSTS_RE, describe_entra_error, entra_reason
 from .errors import AuthError, PollError
 from .msal_http import MsalHttpClient, TransportError, TransportTimeout
 
@@ -53,21 +53,24 @@ def usable_for(expires_in: float) -> float:
 if importlib.util.find_spec("msal_extensions") is None:
     sys.modules.setdefault("msal_extensions", None)  # type: ignore[arg-type]
 
-# What the AADSTS codes an operator is likely to meet mean, for log lines and the status page.
-AADSTS_HINTS: Final[dict[int, str]] = {
-    7000215: "invalid client secret",
-    7000222: "the client secret has expired",
-    700016: "application not found in the tenant (wrong client_id, or not consented there)",
-    90002: "tenant not found",
-    700027: "client assertion rejected (certificate not registered on the app?)",
-    65001: "admin consent is missing",
-    700024: "federated token is expired or not yet valid",
-    70021: "no federated identity credential matches the token",
-    7000112: "the application is disabled",
-    500011: "the resource is not found in the tenant (wrong cloud?)",
-}
 
-_AADSTS_RE: Final = re.compile(r"AADSTS(\d+)")
+class _ShortenMsalNoise(logging.Filter):
+    """MSAL logs a token answer that is not JSON (a proxy's HTML page) in full, with a traceback,
+    at ERROR. The exporter reports the failure itself; keep one short line of it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("Token response is not in json format"):
+            text = str(record.args[0]) if isinstance(record.args, tuple) and record.args else ""
+            record.msg = "MSAL: the token endpoint's answer is not JSON (%d characters)"
+            record.args = (len(text),)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+logging.getLogger("msal").addFilter(_ShortenMsalNoise())
+for _name in ("msal.oauth2cli.oauth2", "msal.application", "msal.authority"):
+    logging.getLogger(_name).addFilter(_ShortenMsalNoise())
 
 
 @dataclass(frozen=True)
@@ -111,27 +114,7 @@ class AuthSettings:
     client_id: str
     scope: str  # {graph}/.default
     credential: CredentialSource
-
-
-def describe_entra_error(result: dict[str, Any]) -> tuple[str, int | None]:
-    """Turn an MSAL error result into a log-friendly sentence and its AADSTS code."""
-    codes = result.get("error_codes") or []
-    description = str(result.get("error_description") or "")
-    code: int | None = int(codes[0]) if codes and str(codes[0]).isdigit() else None
-    if code is None and (match := _AADSTS_RE.search(description)):
-        code = int(match.group(1))
-    # Entra's description is one sentence, then "Trace ID: ..." lines; keep the sentence.
-    first = description.splitlines()[0].strip() if description else ""
-    hint = AADSTS_HINTS.get(code or 0)
-    error = str(result.get("error") or "error")
-    text = f"Entra ID refused the token request: {error}"
-    if code is not None:
-        text += f" AADSTS{code}"
-    if hint:
-        text += f" ({hint})"
-    if first and not hint:
-        text += f": {first.removeprefix(f'AADSTS{code}: ' if code else '')}"
-    return text, code
+    deadline: float = 120.0  # the most one MSAL call (discovery and a token) may take
 
 
 class MsalTokenProvider:
@@ -185,8 +168,16 @@ class MsalTokenProvider:
 
     async def _in_thread(self, call: Callable[[], _T]) -> _T:
         # The exporter's own pool (not asyncio.to_thread's default one): shutdown can abandon a
-        # token request in flight instead of waiting for it.
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        # token request in flight instead of waiting for it, and so can the deadline.
+        future = asyncio.get_running_loop().run_in_executor(self._executor, call)
+        try:
+            return await asyncio.wait_for(future, self._settings.deadline)
+        except TimeoutError:
+            raise PollError(
+                "timeout",
+                f"Entra ID did not answer within {self._settings.deadline:g}s "
+                f"(authority {self._settings.authority})",
+            ) from None
 
     # --- blocking helpers, run in worker threads ------------------------------------------------
 
@@ -195,51 +186,68 @@ class MsalTokenProvider:
         source = self._settings.credential
         if not isinstance(source, ClientSecretFile | ClientCertificateFile):
             return None
-        path = source.path
         try:
-            st = path.stat()
+            st = source.path.stat()
         except OSError:
-            return ("unreadable",)
+            return None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def _credential(self) -> Any:
         """The credential in the shape `ConfidentialClientApplication` takes."""
         source = self._settings.credential
-        try:
-            if isinstance(source, ClientSecret):
-                return source.value
-            if isinstance(source, ClientSecretFile):
-                return read_text_file(source.path, "secret file")
-            if isinstance(source, ClientCertificateFile):
-                cert = load_certificate(source.path, source.password)
-                # public_certificate enables subject-name/issuer auth (x5c header); MSAL
-                # derives the SHA-256 thumbprint from it.
-                credential = {
-                    "private_key": cert.private_key_pem,
-                    "public_certificate": cert.certificate_pem,
-                }
-                if cert.passphrase:
-                    credential["passphrase"] = cert.passphrase
-                return credential
-            path = source.path
+        if isinstance(source, ClientSecret):
+            return source.value
+        if isinstance(source, ClientSecretFile):
+            return read_text_file(source.path, "secret file")
+        if isinstance(source, ClientCertificateFile):
+            cert = load_certificate(source.path, source.password)
+            # public_certificate enables subject-name/issuer auth (x5c header); MSAL derives the
+            # SHA-256 thumbprint from it.
+            credential = {
+                "private_key": cert.private_key_pem,
+                "public_certificate": cert.certificate_pem,
+            }
+            if cert.passphrase:
+                credential["passphrase"] = cert.passphrase
+            return credential
+        path = source.path
 
-            def assertion() -> str:
-                # Re-read on every call: workload identity rotates the projected token.
-                return read_text_file(path, "federated token file")
+        def assertion() -> str:
+            # Re-read on every call: workload identity rotates the projected token.
+            return read_text_file(path, "federated token file")
 
-            return {"client_assertion": assertion}
-        except CredentialFileError as exc:
-            raise AuthError(f"cannot read the credential: {exc}") from None
+        return {"client_assertion": assertion}
 
     def _client(self) -> msal.ConfidentialClientApplication:
         stamp = self._stamp()
         if self._app is not None and stamp == self._credential_stamp:
             return self._app
-        credential = self._credential()
+        try:
+            credential = self._credential()
+        except CredentialFileError as exc:
+            if self._app is None:
+                raise AuthError(f"cannot read the credential: {exc}") from None
+            # A Secret being recreated: keep the credential read before (MSAL may still hold a
+            # valid token, and the old credential is most likely still good).
+            log.warning(
+                "the credential file cannot be read; using the one read before",
+                extra={"tenant": self._settings.tenant, "problem": str(exc)},
+            )
+            return self._app
+        app = self._build(credential)
+        if self._app is not None:
+            log.info(
+                "credential changed on disk; rebuilt the MSAL client",
+                extra={"tenant": self._settings.tenant},
+            )
+        self._app, self._credential_stamp = app, stamp
+        return app
+
+    def _build(self, credential: Any) -> msal.ConfidentialClientApplication:
         settings = self._settings
         authority = settings.authority
         try:
-            app = msal.ConfidentialClientApplication(
+            return msal.ConfidentialClientApplication(
                 settings.client_id,
                 client_credential=credential,
                 authority=authority,
@@ -260,27 +268,12 @@ class MsalTokenProvider:
                 "network", f"the authority {authority} failed OIDC discovery: {exc}"
             ) from None
         except ValueError as exc:
-            # MSAL raises ValueError when OIDC discovery fails, e.g. AADSTS90002 unknown tenant.
-            # It wraps the discovery failure (with Entra's AADSTS text) as its __context__.
-            chain = f"{exc} {exc.__context__ or ''} {exc.__cause__ or ''}"
-            match = _AADSTS_RE.search(chain)
-            code = int(match.group(1)) if match else None
-            hint = AADSTS_HINTS.get(code or 0, "authority discovery failed")
-            prefix = f"AADSTS{code} " if code else ""
-            raise AuthError(
-                f"Entra ID rejected the authority {authority}: {prefix}({hint})", code
-            ) from None
-        if self._app is not None:
-            log.info(
-                "credential changed on disk; rebuilt the MSAL client",
-                extra={"tenant": settings.tenant},
-            )
-        self._app, self._credential_stamp = app, stamp
-        return app
+            raise _authority_error(authority, exc) from None
 
     def _acquire(self) -> tuple[str, float]:
         """A token and the seconds it stays valid."""
         app = self._client()
+        self._http_client.forget_last()
         try:
             result: dict[str, Any] = app.acquire_token_for_client(scopes=[self._settings.scope])
         except TransportTimeout:
@@ -292,16 +285,22 @@ class MsalTokenProvider:
         except MsalServiceError as exc:  # the token endpoint answered 5xx
             raise PollError("network", f"Entra ID's token endpoint failed: {exc}") from None
         except ValueError:  # MSAL could not decode the token endpoint's answer
+            status, _ = self._http_client.last() or (None, {})
+            if status == 429:
+                raise PollError(
+                    "throttled", "Entra ID's token endpoint throttled the request (HTTP 429)"
+                ) from None
             raise PollError(
-                "invalid_response", "Entra ID's token endpoint answered with invalid JSON"
+                "invalid_response",
+                "Entra ID's token endpoint answered with something that is not JSON "
+                f"(HTTP {status or '?'}; a proxy's page?)",
             ) from None
         token = result.get("access_token")
         if isinstance(token, str) and token:
             expires_in = result.get("expires_in")
             valid = float(expires_in) if isinstance(expires_in, int | float) else 0.0
             return token, valid
-        text, code = describe_entra_error(result)
-        raise AuthError(text, code)
+        return _token_error(result, self._http_client.last())
 
     def _forget(self, token: str) -> None:
         if self._app is None:
@@ -310,3 +309,36 @@ class MsalTokenProvider:
         for item in list(cache.search(msal.TokenCache.CredentialType.ACCESS_TOKEN)):
             if item.get("secret") == token:
                 cache.remove_at(item)
+
+
+def _token_error(
+    result: dict[str, Any], last: tuple[int, dict[str, str]] | None
+) -> tuple[str, float]:
+    """Raise the failure an MSAL error result stands for."""
+    status, headers = last or (None, {})
+    text, code = describe_entra_error(result)
+    reason = entra_reason(result, status)
+    if reason == "auth":
+        raise AuthError(text, code)
+    retry_after = headers.get("retry-after")
+    if retry_after:
+        text += f"; Entra ID asked to retry after {retry_after}s"
+    raise PollError(reason, text)
+
+
+def _authority_error(authority: str, exc: ValueError) -> PollError:
+    """MSAL's ValueError at construction, described by what it says."""
+    # OIDC discovery refused (an unknown tenant, say): MSAL wraps Entra's AADSTS text.
+    chain = f"{exc} {exc.__context__ or ''} {exc.__cause__ or ''}"
+    match = AADSTS_RE.search(chain)
+    if match is not None:
+        code = int(match.group(1))
+        hint = AADSTS_HINTS.get(code, "authority discovery failed")
+        return AuthError(
+            f"Entra ID rejected the authority {authority}: AADSTS{code} ({hint})", code
+        )
+    if "OIDC Discovery failed" in chain:
+        return AuthError(f"Entra ID rejected the authority {authority} (OIDC discovery failed)")
+    # Anything else MSAL refuses (a malformed authority, say): its own first sentence.
+    said = " ".join(str(exc).split()).split(". ")[0][:200]
+    return AuthError(f"MSAL refused the authority {authority}: {said}")

@@ -125,6 +125,12 @@ def _https_base(value: str, key: str) -> str:
         text = "https://" + text
     text = text.rstrip("/")
     parts = urlsplit(text)
+    if "@" in parts.netloc:
+        # Never echo the value: the part before "@" is a user name and probably a password.
+        raise ValueError(
+            f"{key} must not hold a user name or password (user:pass@host); "
+            "the exporter authenticates with the tenant's credential, not in the URL"
+        )
     if parts.scheme != "https":
         raise ValueError(f"{key} must use https, not {parts.scheme!r}")
     if not parts.hostname:

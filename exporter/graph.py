@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import aiohttp
 from aiohttp.helpers import strip_auth_from_url
@@ -39,8 +39,27 @@ class TokenProvider(Protocol):
 
 
 RETRYABLE_STATUSES: Final = frozenset({429, 503, 504})
-# 2,000 ADE or 3,000 VPP tokens fit in far fewer pages; more means a nextLink loop.
-MAX_PAGES: Final = 500
+# The largest body read from Graph: a page of any collection read here is far smaller (1,000
+# devices are under 1 MiB); more is a broken proxy or a wrong endpoint, not data.
+MAX_BODY: Final = 32 * 1024 * 1024
+_DEFAULT_PORTS: Final = {"https": 443, "http": 80}
+
+
+def _port(parts: SplitResult) -> int | None:
+    try:
+        return parts.port
+    except ValueError:
+        return -1  # an invalid port matches no origin
+
+
+def _origin(scheme: str, host: str | None, port: int | None) -> tuple[str, str, int | None]:
+    """(scheme, host, port) with the scheme's default port made explicit: `:443` is https."""
+    scheme = scheme.lower()
+    return scheme, (host or "").lower(), port if port is not None else _DEFAULT_PORTS.get(scheme)
+
+
+# Tens of thousands of devices fit in far fewer pages; more means a nextLink loop.
+MAX_PAGES: Final = 10_000
 _MAX_MESSAGE: Final = 400
 
 
@@ -145,8 +164,8 @@ class GraphClient:
     ) -> None:
         self._session = session
         self._base = base_url.rstrip("/")
-        origin = urlsplit(self._base)
-        self._origin = (origin.scheme, origin.netloc.lower())
+        base = urlsplit(self._base)
+        self._origin = _origin(base.scheme, base.hostname, _port(base))
         self._tokens = tokens
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._ssl: ssl.SSLContext | bool = ssl_context or True
@@ -160,15 +179,28 @@ class GraphClient:
             if auth is not None:
                 self._proxy_headers = {"Proxy-Authorization": auth.encode()}
 
-    async def get_collection(self, path: str, select: Sequence[str]) -> list[JsonObject]:
-        """Every item of a collection, following `@odata.nextLink` to the end."""
-        url: str | None = f"{self._base}{path}"
-        params: dict[str, str] | None = {"$select": ",".join(select)}
+    def _url(self, path: str, query: Mapping[str, str]) -> URL:
+        url = URL(f"{self._base}{path}")
+        return url.with_query(dict(query)) if query else url
+
+    async def get_collection(
+        self,
+        path: str,
+        select: Sequence[str],
+        *,
+        query: Mapping[str, str] | None = None,
+    ) -> list[JsonObject]:
+        """Every item of a collection, following `@odata.nextLink` to the end.
+
+        An empty `select` sends no `$select` (the whole objects). `query` adds options such as
+        `$top`.
+        """
+        options = {"$select": ",".join(select)} if select else {}
+        url: URL | None = self._url(path, {**options, **(query or {})})
         items: list[JsonObject] = []
-        for _ in range(MAX_PAGES):
-            if url is None:
-                return items
-            page = await self._get_json(url, params)
+        seen: set[str] = set()
+        while url is not None:
+            page = await self._get_json(url)
             value = page.get("value")
             if not isinstance(value, list):
                 raise PollError("invalid_response", f"{path}: the response has no 'value' list")
@@ -176,33 +208,47 @@ class GraphClient:
                 raise PollError("invalid_response", f"{path}: 'value' holds a non-object item")
             items.extend(value)
             next_link = page.get("@odata.nextLink")
-            if next_link is not None and not isinstance(next_link, str):
+            if next_link is None:
+                return items
+            if not isinstance(next_link, str) or not next_link:
                 raise PollError("invalid_response", f"{path}: '@odata.nextLink' is not a string")
-            url = self._checked_next_link(path, next_link) if next_link else None
-            params = None  # the nextLink carries the query ($skiptoken and our $select)
-        raise PollError("invalid_response", f"{path}: more than {MAX_PAGES} pages; a paging loop?")
+            if next_link in seen or len(seen) >= MAX_PAGES:
+                raise PollError(
+                    "invalid_response",
+                    f"{path}: Graph repeats a page (or gave over {MAX_PAGES} pages); a paging loop",
+                )
+            seen.add(next_link)
+            url = self._checked_next_link(path, next_link)
+        return items
 
-    async def get_object(self, path: str, select: Sequence[str]) -> JsonObject:
-        """A single entity (for example the APNs certificate singleton)."""
-        return await self._get_json(f"{self._base}{path}", {"$select": ",".join(select)})
+    async def get_object(
+        self, path: str, select: Sequence[str], *, expand: Sequence[str] = ()
+    ) -> JsonObject:
+        """A single entity (the APNs certificate singleton, one ADE token with its defaults)."""
+        options = {"$select": ",".join(select)} if select else {}
+        if expand:
+            options["$expand"] = ",".join(expand)
+        return await self._get_json(self._url(path, options))
 
-    def _checked_next_link(self, path: str, link: str) -> str:
+    def _checked_next_link(self, path: str, link: str) -> URL:
+        """The nextLink to follow, exactly as Graph wrote it (not re-encoded, as Microsoft
+        documents: its skip token is opaque), if it points at our Graph endpoint."""
         parts = urlsplit(link)
         # Never send the bearer token to a host other than the configured Graph endpoint.
-        if (parts.scheme, parts.netloc.lower()) != self._origin:
+        if _origin(parts.scheme, parts.hostname, _port(parts)) != self._origin:
             raise PollError(
                 "invalid_response", f"{path}: '@odata.nextLink' points outside {self._base}"
             )
-        return link
+        return URL(link, encoded=True)
 
-    async def _get_json(self, url: str, params: Mapping[str, str] | None) -> JsonObject:
+    async def _get_json(self, url: URL) -> JsonObject:
         attempt = 0
         waited = 0.0
         token_refreshed = False
         while True:
             attempt += 1
             token = await self._tokens.token()
-            status, headers, body = await self._send(url, params, token)
+            status, headers, body = await self._send(url, token)
             if status == 200:
                 return self._decode(url, body)
             if status == 401 and not token_refreshed:
@@ -227,47 +273,59 @@ class GraphClient:
         # Half fixed, half random: spreads retries of many tenants without retrying at once.
         return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not crypto
 
-    async def _send(
-        self, url: str, params: Mapping[str, str] | None, token: str
-    ) -> tuple[int, Mapping[str, str], bytes]:
+    async def _send(self, url: URL, token: str) -> tuple[int, Mapping[str, str], bytes]:
         headers = {
             "Authorization": f"Bearer {token}",
             "Accept": "application/json",
             "client-request-id": str(uuid.uuid4()),
             "User-Agent": f"intune-apple-token-exporter/{__version__}",
         }
-        where = urlsplit(url).path
         try:
             async with self._session.get(
                 url,
-                params=params,
                 headers=headers,
                 timeout=self._timeout,
                 ssl=self._ssl,
                 proxy=self._proxy,
                 proxy_headers=self._proxy_headers,
             ) as response:
-                body = await response.read()
+                body = await _read_capped(response, url)
                 self._on_response(response.status)
                 return response.status, response.headers, body
         except TimeoutError:
             raise PollError(
-                "timeout", f"GET {where}: no answer within {self._timeout.total:g}s"
+                "timeout", f"GET {url.path}: no answer within {self._timeout.total:g}s"
             ) from None
         except aiohttp.ClientSSLError as exc:
             raise PollError(
-                "network", f"GET {where}: TLS failure: {exc.__class__.__name__}"
+                "network", f"GET {url.path}: TLS failure: {exc.__class__.__name__}"
             ) from None
         except aiohttp.ClientError as exc:
-            raise PollError("network", f"GET {where}: {exc.__class__.__name__}: {exc}") from None
+            raise PollError("network", f"GET {url.path}: {exc.__class__.__name__}: {exc}") from None
 
     @staticmethod
-    def _decode(url: str, body: bytes) -> JsonObject:
-        where = urlsplit(url).path
+    def _decode(url: URL, body: bytes) -> JsonObject:
         try:
             document = json.loads(body)
         except ValueError:
-            raise PollError("invalid_response", f"GET {where}: the body is not JSON") from None
+            raise PollError("invalid_response", f"GET {url.path}: the body is not JSON") from None
         if not isinstance(document, dict):
-            raise PollError("invalid_response", f"GET {where}: the body is not a JSON object")
+            raise PollError("invalid_response", f"GET {url.path}: the body is not a JSON object")
         return document
+
+
+async def _read_capped(response: aiohttp.ClientResponse, url: URL) -> bytes:
+    """The body, refused past MAX_BODY (announced or not) before it fills memory."""
+    cap = f"{MAX_BODY / 2**20:g} MiB" if MAX_BODY >= 2**20 else f"{MAX_BODY:,} bytes"
+    too_large = PollError(
+        "invalid_response",
+        f"GET {url.path}: the answer is larger than {cap}, far more than a page of Graph",
+    )
+    if response.content_length is not None and response.content_length > MAX_BODY:
+        raise too_large
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(1 << 16):
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise too_large
+    return bytes(body)

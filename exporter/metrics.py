@@ -40,6 +40,19 @@ HEALTH_METRICS: Final = (
         ("tenant", "collector"),
     ),
     MetricSpec(
+        "intune_tenant_collector_interval_seconds",
+        "gauge",
+        "How often the collector runs for the tenant: poll_interval, or its own interval.",
+        ("tenant", "collector"),
+    ),
+    MetricSpec(
+        "intune_tenant_incomplete_records",
+        "gauge",
+        "Records the collector got without the field the exporter exists for (a credential "
+        "without an expiry date): their expiry is unknown and no expiry alert covers them.",
+        ("tenant", "collector"),
+    ),
+    MetricSpec(
         "intune_tenant_last_successful_poll_timestamp_seconds",
         "gauge",
         "Unix time of the tenant's last fully successful poll; absent before the first.",
@@ -141,6 +154,16 @@ def tenant_samples(
                 "intune_tenant_collector_last_success_timestamp_seconds",
                 labels,
                 collector.last_success_at,
+            )
+        interval = state.intervals.get(collector_name)
+        if interval is not None:
+            yield "intune_tenant_collector_interval_seconds", labels, interval
+        kind = kinds.get(collector_name)
+        if kind is not None and collector.records is not None:
+            yield (
+                "intune_tenant_incomplete_records",
+                labels,
+                float(kind.incomplete(collector.records)),
             )
     yield "intune_tenant_polls_total", (name,), float(counters.polls)
     for (collector_name, reason), count in counters.poll_errors.items():

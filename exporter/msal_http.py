@@ -19,6 +19,7 @@ tell a network problem from a refused credential.
 from __future__ import annotations
 
 import ssl
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,6 +82,9 @@ class MsalHttpClient:
         proxy: str | None = None,
     ) -> None:
         self._timeout = urllib3.Timeout(total=timeout)
+        # The last answer each worker thread got: MSAL hands Entra's errors back as a dict
+        # without the HTTP status or Retry-After, which tell throttling from a bad credential.
+        self._local = threading.local()
         self._pool: urllib3.PoolManager = (
             _proxy_manager(proxy, context, pool_size)
             if proxy
@@ -109,6 +113,15 @@ class MsalHttpClient:
     def close(self) -> None:
         self._pool.clear()
 
+    def forget_last(self) -> None:
+        """Forget this thread's last answer (before an MSAL call)."""
+        self._local.last = None
+
+    def last(self) -> tuple[int, dict[str, str]] | None:
+        """(status, lower-cased headers) of this thread's last answer since `forget_last`."""
+        last: tuple[int, dict[str, str]] | None = getattr(self._local, "last", None)
+        return last
+
     def _send(
         self,
         method: str,
@@ -134,8 +147,8 @@ class MsalHttpClient:
             raise TransportTimeout("no answer within the timeout") from None
         except (HTTPError, OSError) as exc:
             raise TransportError(type(exc).__name__) from None
+        headers = {name.lower(): value for name, value in response.headers.items()}
+        self._local.last = (response.status, headers)
         return HttpResponse(
-            response.status,
-            response.data.decode("utf-8", errors="replace"),
-            {name.lower(): value for name, value in response.headers.items()},
+            response.status, response.data.decode("utf-8", errors="replace"), headers
         )

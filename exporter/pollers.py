@@ -15,8 +15,8 @@ from typing import Protocol
 
 from .errors import AuthError, PollError
 from .kinds import CredentialKind
-from .kinds.reader import GraphReader
-from .records import Records
+from .kinds.reader import GraphReader, SelectFallback
+from .records import Fetched
 from .snapshot import SnapshotStore, TenantState
 
 log = logging.getLogger(__name__)
@@ -88,11 +88,16 @@ class TenantPoller:
         return None
 
     async def poll_once(
-        self, auth: PollError | None = None, *, authenticated: bool = False
+        self,
+        auth: PollError | None = None,
+        *,
+        authenticated: bool = False,
+        budget: float | None = None,
     ) -> TenantState | None:
         """Run every due collector once and record the outcome.
 
-        `authenticated` says that `authenticate()` already ran and `auth` is its outcome.
+        `authenticated` says that `authenticate()` already ran and `auth` is its outcome;
+        `budget` is what is left of the deadline (the whole deadline when not given).
         Returns the new state (None when the tenant was removed meanwhile).
         """
         started_at = time.time()
@@ -104,9 +109,9 @@ class TenantPoller:
             auth = await self.authenticate()
         if auth is not None:
             # One token serves every collector: its failure is every collector's.
-            results: dict[str, Records | PollError] = {c.name: auth for c in collectors}
+            results: dict[str, Fetched | PollError] = {c.name: auth for c in collectors}
         else:
-            results = await self._run(collectors, started)
+            results = await self._run(collectors, self.deadline if budget is None else budget)
         for collector in collectors:
             self._last_run[collector.name] = self._clock()
         duration = time.monotonic() - started
@@ -115,19 +120,15 @@ class TenantPoller:
         return state
 
     async def _run(
-        self, collectors: Sequence[CredentialKind], started: float
-    ) -> dict[str, Records | PollError]:
-        tasks = {
-            c.name: asyncio.ensure_future(self._fetch(c), loop=asyncio.get_running_loop())
-            for c in collectors
-        }
-        timeout = None if self.deadline is None else self.deadline - (time.monotonic() - started)
+        self, collectors: Sequence[CredentialKind], budget: float | None
+    ) -> dict[str, Fetched | PollError]:
+        tasks = {c.name: asyncio.ensure_future(self._fetch(c)) for c in collectors}
         try:
-            await asyncio.wait(tasks.values(), timeout=max(timeout, 0.0) if timeout else None)
+            await asyncio.wait(tasks.values(), timeout=None if budget is None else max(budget, 0))
         finally:
             for task in tasks.values():
                 task.cancel()
-        results: dict[str, Records | PollError] = {}
+        results: dict[str, Fetched | PollError] = {}
         for name, task in tasks.items():
             if task.done() and not task.cancelled():
                 results[name] = task.result()
@@ -137,9 +138,10 @@ class TenantPoller:
                 )
         return results
 
-    async def _fetch(self, collector: CredentialKind) -> Records | PollError:
+    async def _fetch(self, collector: CredentialKind) -> Fetched | PollError:
+        reader = SelectFallback(self._graph) if collector.select_fallback else self._graph
         try:
-            return await collector.fetch(self._graph)
+            records = await collector.fetch(reader)
         except PollError as exc:
             return exc
         except Exception as exc:
@@ -149,8 +151,12 @@ class TenantPoller:
                 extra={"tenant": self.name, "collector": collector.name},
             )
             return PollError("invalid_response", f"internal error: {type(exc).__name__}")
+        notes = tuple(reader.notes) if isinstance(reader, SelectFallback) else ()
+        for note in notes:
+            log.warning(note, extra={"tenant": self.name, "collector": collector.name})
+        return Fetched(records, notes)
 
-    def _log(self, results: Mapping[str, Records | PollError], duration: float) -> None:
+    def _log(self, results: Mapping[str, Fetched | PollError], duration: float) -> None:
         errors = {name: r for name, r in results.items() if isinstance(r, PollError)}
         if not errors:
             log.debug(

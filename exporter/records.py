@@ -6,6 +6,7 @@ without importing one another.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 # The parsed result of one successful fetch; each credential kind knows its own record type.
@@ -15,3 +16,12 @@ Records = tuple[Any, ...]
 Sample = tuple[str, tuple[str, ...], float]
 # A JSON object as Graph returns it.
 JsonObject = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """One collector's successful fetch: its records, and what was odd about getting them (for
+    example a property Graph no longer accepts), for the log and the status page."""
+
+    records: Records
+    notes: tuple[str, ...] = ()

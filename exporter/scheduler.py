@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Final
 
@@ -82,7 +83,13 @@ def next_slot(due: float, now: float, interval: float) -> float:
 class Scheduler:
     """Runs every tenant's poller until stopped; tenants come and go while it runs."""
 
-    def __init__(self, interval: float, max_concurrency: int) -> None:
+    def __init__(
+        self,
+        interval: float,
+        max_concurrency: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clock = clock  # for `last_progress` only; slots follow the event loop's time
         self._interval = interval
         self._limiter = Limiter(max_concurrency)
         self._pollers: dict[str, TenantPoller] = {}
@@ -102,7 +109,7 @@ class Scheduler:
 
     @property
     def last_progress(self) -> float | None:
-        """Loop time at which the last poll of any tenant finished (None before the first)."""
+        """When (by `clock`) the last poll of any tenant finished (None before the first)."""
         return self._last_progress
 
     def names(self) -> list[str]:
@@ -188,15 +195,15 @@ class Scheduler:
                 auth = await asyncio.wait_for(poller.authenticate(), deadline)
             except TimeoutError:
                 auth = PollError("timeout", f"no token from Entra ID within {deadline:g}s")
-            poller.deadline = max(deadline - (loop.time() - started), 0.0)
             async with self._limiter:
-                await poller.poll_once(auth, authenticated=True)
+                budget = max(deadline - (loop.time() - started), 0.0)
+                await poller.poll_once(auth, authenticated=True, budget=budget)
         except asyncio.CancelledError:
             raise
         except Exception:
             # Never let one tenant's bug end the polling of every tenant.
             log.exception("poll crashed", extra={"tenant": poller.name})
-        self._last_progress = loop.time()
+        self._last_progress = self._clock()
 
     async def _run_tenant(self, poller: TenantPoller) -> None:
         loop = asyncio.get_running_loop()

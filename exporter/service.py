@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
@@ -45,8 +46,12 @@ class Exporter:
         shard: Shard | None = None,
         ca_data: str | None = None,
         retry: RetryPolicy | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
+        self._clock = clock  # judges progress for the liveness probe
+        self._sleep = sleep  # how Graph retries wait (tests record it instead)
         self.shard = shard or Shard()
         self.tenants = tuple(t for t in config.tenants if self.shard.owns(t.tenant_id))
         self.store = SnapshotStore()
@@ -58,13 +63,18 @@ class Exporter:
         self._trust = TrustStore(ca_data, pool_size=workers)
         self._retry = retry
         self._session: aiohttp.ClientSession | None = None
-        self._scheduler = Scheduler(config.poll_interval, config.max_concurrency)
+        self._scheduler = Scheduler(config.poll_interval, config.max_concurrency, clock)
         self._task: asyncio.Task[None] | None = None
         self._started_at: float | None = None
         self._token_slots = asyncio.Semaphore(TOKEN_SLOTS)
         for tenant in self.tenants:
+            collectors = config.collectors_for(tenant)
             self.store.add_tenant(
-                tenant.name, tenant.tenant_id, tenant.cloud, config.collectors_for(tenant)
+                tenant.name,
+                tenant.tenant_id,
+                tenant.cloud,
+                collectors,
+                intervals=dict.fromkeys(collectors, config.poll_interval),
             )
         self._ready_logged = False
         self.store.subscribe(self._note_ready)
@@ -78,9 +88,7 @@ class Exporter:
         log.info(
             "ready: every tenant has finished its first poll",
             extra={
-                "first_round_seconds": round(
-                    asyncio.get_running_loop().time() - self._started_at, 3
-                ),
+                "first_round_seconds": round(self._clock() - self._started_at, 3),
                 "tenants": done,
                 "tenants_up": up,
             },
@@ -104,7 +112,7 @@ class Exporter:
             return None
         interval = self._scheduler.interval
         allowed = 2 * interval + poll_deadline(interval)
-        now = asyncio.get_running_loop().time()
+        now = self._clock()
         last = self._scheduler.last_progress or self._started_at
         if now - last > allowed:
             return (
@@ -131,7 +139,7 @@ class Exporter:
             tenant.ca_file, config.request_timeout, proxy_for(tenant.authority_url)
         )
         tokens = MsalTokenProvider(
-            auth_settings(tenant),
+            auth_settings(tenant, config.request_timeout),
             http_client=msal_http,
             executor=self._executor,
             slots=self._token_slots,
@@ -145,6 +153,7 @@ class Exporter:
             retry=self._retry,
             on_response=self._request_counter(tenant.name),
             proxy=proxy_for(tenant.graph_url),
+            sleep=self._sleep,
         )
         collectors = [KINDS[c] for c in config.collectors_for(tenant)]
         return TenantPoller(
@@ -169,7 +178,7 @@ class Exporter:
     async def start(self) -> None:
         """Open, then poll every tenant in the background until `close()`."""
         await self.open()
-        self._started_at = asyncio.get_running_loop().time()
+        self._started_at = self._clock()
         self._task = asyncio.create_task(self._scheduler.run(), name="scheduler")
         self._task.add_done_callback(self._scheduler_ended)
 
@@ -187,7 +196,8 @@ class Exporter:
         """Stop polling and close connections, abandoning token requests still in flight."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # A scheduler that died has been logged already (critical).
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
             self._task = None
         if self._session is not None:
@@ -213,7 +223,7 @@ def credential_source(tenant: TenantConfig) -> CredentialSource:
     return FederatedTokenFile(tenant.federated_token_file)
 
 
-def auth_settings(tenant: TenantConfig) -> AuthSettings:
+def auth_settings(tenant: TenantConfig, request_timeout: float = 30.0) -> AuthSettings:
     """What the token provider of `tenant` needs, and nothing more of its config."""
     return AuthSettings(
         tenant=tenant.name,
@@ -221,4 +231,6 @@ def auth_settings(tenant: TenantConfig) -> AuthSettings:
         client_id=tenant.client_id,
         scope=f"{tenant.graph_url}/.default",
         credential=credential_source(tenant),
+        # A cold token is two requests (OIDC discovery, then the token), each with the timeout.
+        deadline=2 * request_timeout + 5,
     )

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from .errors import PollError, Reason
-from .records import Records
+from .records import Fetched, Records
 
 # Pre-created at 0 so that `increase()` in alert rules sees the very first error.
 PRECREATED_REASONS: tuple[Reason, ...] = ("auth", "forbidden")
@@ -28,6 +28,7 @@ class CollectorState:
     up: bool = False
     last_success_at: float | None = None
     last_error: PollError | None = None
+    notes: tuple[str, ...] = ()  # what was odd about the last success
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,8 @@ class TenantState:
     tenant_id: str
     cloud: str
     collectors: Mapping[str, CollectorState]
+    # How often each collector runs (poll_interval, or its own collector interval).
+    intervals: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     polled: bool = False  # its first poll has finished, successfully or not
     last_success_at: float | None = None  # last poll in which every collector succeeded
     last_poll_duration: float | None = None
@@ -101,13 +104,22 @@ class SnapshotStore:
         for listener in self._listeners:
             listener(name, state)
 
-    def add_tenant(self, name: str, tenant_id: str, cloud: str, collectors: Sequence[str]) -> None:
+    def add_tenant(
+        self,
+        name: str,
+        tenant_id: str,
+        cloud: str,
+        collectors: Sequence[str],
+        *,
+        intervals: Mapping[str, float] | None = None,
+    ) -> None:
         """Register a tenant, so that it is visible (down, not polled) from the start."""
         state = TenantState(
             name=name,
             tenant_id=tenant_id,
             cloud=cloud,
             collectors=MappingProxyType({c: CollectorState() for c in collectors}),
+            intervals=MappingProxyType(dict(intervals or {})),
         )
         previous = self._tenants.get(name)
         if previous is not None and not previous.polled:
@@ -133,7 +145,7 @@ class SnapshotStore:
     def record_poll(
         self,
         tenant: str,
-        results: Mapping[str, Records | PollError],
+        results: Mapping[str, Fetched | Records | PollError],
         started_at: float,
         duration: float,
     ) -> TenantState | None:
@@ -155,8 +167,12 @@ class SnapshotStore:
                 collectors[name] = replace(before, up=False, last_error=result)
                 counts.poll_errors[(name, result.reason)] += 1
             else:
+                fetched = result if isinstance(result, Fetched) else Fetched(result)
                 collectors[name] = CollectorState(
-                    records=result, up=True, last_success_at=now, last_error=None
+                    records=fetched.records,
+                    up=True,
+                    last_success_at=now,
+                    notes=fetched.notes,
                 )
         state = replace(
             previous,

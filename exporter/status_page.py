@@ -51,7 +51,10 @@ def _assess(tenant: str, row: StatusRow, now: float) -> _Assessed:
     days = None if row.expires_at is None else days_until(row.expires_at, now)
     problems: list[str] = []
     level = ""
-    if days is not None:
+    if days is None:
+        # Never dropped: a credential Graph sent without its expiry date is still one to renew.
+        problems.append("expiry unknown: Graph sent no expiry date")
+    else:
         if days <= 0:
             level = "expired"
             problems.append(f"expired {-days:.1f} days ago")
@@ -91,6 +94,10 @@ def _tenant_row(tenant: TenantState) -> str:
     errors = [
         f"{escape(', '.join(names))}: {escape(text)}"
         for text, names in _merged_errors(tenant).items()
+    ] + [
+        f"{escape(name)}: {escape(note)}"
+        for name, state in tenant.collectors.items()
+        for note in state.notes
     ]
     return (
         f"<tr><td>{escape(tenant.name)}</td><td>{status}</td>"

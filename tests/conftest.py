@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +80,14 @@ class World:
         raw.update(top)
         return parse_config(raw, "test.yaml")
 
-    async def exporter(self, retry: RetryPolicy = FAST_RETRY, **top: Any) -> Exporter:
-        exporter = Exporter(self.config(**top), retry=retry)
+    async def exporter(
+        self,
+        retry: RetryPolicy = FAST_RETRY,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+        **top: Any,
+    ) -> Exporter:
+        extra = {} if sleep is None else {"sleep": sleep}
+        exporter = Exporter(self.config(**top), retry=retry, **extra)
         await exporter.open()
         self.exporters.append(exporter)
         return exporter

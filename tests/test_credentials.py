@@ -266,6 +266,10 @@ async def test_secrets_never_reach_the_logs(world: World, tmp_path: Path) -> Non
     access_tokens = {r.token for r in world.cloud.graph_requests}
     assert access_tokens, "the scenario made Graph requests"
     key_body = "".join(key_pem.splitlines()[1:-1])[:40]
+    # The encrypted key as it is written in the file, line by line.
+    encrypted = pem_file.read_text().split("-----END ENCRYPTED PRIVATE KEY-----")[0]
+    encrypted_lines = [line for line in encrypted.splitlines()[1:] if len(line) > 20]
+    assert encrypted_lines
     text = streams["logfmt"].getvalue() + streams["json"].getvalue()
     text += repr(exporter.config) + str(exporter.config)
     for secret in (
@@ -275,6 +279,7 @@ async def test_secrets_never_reach_the_logs(world: World, tmp_path: Path) -> Non
         "pem-pass-Lk30",
         "federated-jwt-Rr55",
         key_body,
+        *encrypted_lines,
         VPP_SECRET_PREFIX,
         *access_tokens,
     ):

@@ -65,14 +65,19 @@ async def test_ade_collection_over_several_pages(world: World) -> None:
 
 async def test_429_retry_after_is_honoured(world: World) -> None:
     sim = world.add("contoso", ade_tokens=[ade_item("A")])
-    world.cloud.fail_next(sim.tenant_id, ADE_PATH, Fault(429, headers={"Retry-After": "0.6"}))
-    exporter = await world.exporter(collect=["ade"])
+    world.cloud.fail_next(sim.tenant_id, ADE_PATH, Fault(429, headers={"Retry-After": "1.5"}))
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    exporter = await world.exporter(collect=["ade"], sleep=sleep)
 
     await exporter.poll_all_once()
 
     first, second = world.cloud.requests_for(sim.tenant_id, ADE_PATH)
     assert first.status == 429 and second.status == 200
-    assert second.at - first.at >= 0.6
+    assert waits == [1.5]  # exactly what Graph asked for, decimals and all
     assert exporter.store.tenant("contoso").up
     samples = scrape(exporter)
     assert one(samples, "intune_graph_requests_total", tenant="contoso", code="429") == 1.0
@@ -142,7 +147,8 @@ async def test_a_retry_after_we_may_not_wait_for_gives_up(
 
 async def test_timeout_fails_only_that_collector(world: World) -> None:
     sim = world.add("contoso", ade_tokens=[ade_item("A")], vpp_tokens=[vpp_item("V")])
-    world.cloud.fail_next(sim.tenant_id, VPP_PATH, Fault(200, body={"value": []}, delay=3))
+    hang = asyncio.Event()  # never set: Graph does not answer
+    world.cloud.fail_next(sim.tenant_id, VPP_PATH, Fault(200, body={"value": []}, wait=hang))
     exporter = await world.exporter(request_timeout="0.5s", collect=["ade", "vpp"])
 
     await exporter.poll_all_once()
@@ -420,20 +426,27 @@ async def test_a_token_removed_from_graph_disappears(world: World) -> None:
 
 async def test_a_slow_tenant_does_not_hold_up_the_others(world: World) -> None:
     slow = world.add("slow", ade_tokens=[ade_item("S")])
-    world.add("fast", ade_tokens=[ade_item("F")])
-    world.cloud.fail_next(slow.tenant_id, ADE_PATH, Fault(200, body={"value": []}, delay=1.5))
+    fast = world.add("fast", ade_tokens=[ade_item("F")])
+    release = asyncio.Event()
+    gate = Fault(200, body={"value": [ade_item("S")]}, wait=release)
+    world.cloud.fail_next(slow.tenant_id, ADE_PATH, gate)
     exporter = await world.exporter(collect=["ade"], max_concurrency=2)
+    fast_done = asyncio.Event()
+    exporter.store.subscribe(
+        lambda name, state: fast_done.set() if name == "fast" and state and state.polled else None
+    )
 
-    await exporter.poll_all_once()
+    round_ = asyncio.create_task(exporter.poll_all_once())
+    await asyncio.wait_for(gate.arrived.wait(), 10)  # the slow tenant's Graph is hanging
+    await asyncio.wait_for(fast_done.wait(), 10)  # and the fast tenant finished meanwhile
+    assert exporter.store.tenant("fast").up
+    assert not exporter.store.tenant("slow").polled
+    release.set()
+    await asyncio.wait_for(round_, 10)
 
-    assert exporter.store.tenant("slow").up and exporter.store.tenant("fast").up
-    # The slow tenant was polled first; the fast one's answer still came before the slow one's
-    # (the simulator logs a request when it answers). With max_concurrency=1 it would not.
-    (slow_request,) = world.cloud.requests_for(slow.tenant_id, ADE_PATH)
-    (fast_request,) = world.cloud.requests_for(world.cloud.graph_requests[0].tenant_id or "")
-    assert fast_request.tenant_id != slow.tenant_id
-    assert fast_request.at < slow_request.at
-    assert slow_request.at - fast_request.at >= 1.0
+    assert exporter.store.tenant("slow").up
+    # The simulator logs a request when it answers: the fast one answered first.
+    assert [r.tenant_id for r in world.cloud.graph_requests] == [fast.tenant_id, slow.tenant_id]
 
 
 async def test_apns_404_is_a_state_not_a_failure(world: World) -> None:
@@ -627,6 +640,7 @@ async def test_a_collector_bug_costs_one_collector_one_poll(
     class Broken:
         name = "vpp"
         metrics = KINDS["vpp"].metrics
+        select_fallback = False
 
         async def fetch(self, graph: object) -> tuple[object, ...]:
             raise RuntimeError("boom")

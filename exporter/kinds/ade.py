@@ -82,6 +82,7 @@ class AdeTokenKind:
 
     name: Final = "ade"
     title: Final = "ADE token"
+    select_fallback: Final = True
     empty_note: Final = None
     metrics: Final = (
         MetricSpec(
@@ -185,3 +186,6 @@ class AdeTokenKind:
                 )
             )
         return rows
+
+    def incomplete(self, records: Records) -> int:
+        return sum(1 for record in records if record.expires_at is None)

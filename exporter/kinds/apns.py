@@ -63,6 +63,7 @@ class ApnsCertificateKind:
 
     name: Final = "apns"
     title: Final = "APNs certificate"
+    select_fallback: Final = True
     empty_note: Final = "not configured in this tenant"
     metrics: Final = (
         MetricSpec(
@@ -135,3 +136,6 @@ class ApnsCertificateKind:
             )
             for certificate in records
         ]
+
+    def incomplete(self, records: Records) -> int:
+        return sum(1 for record in records if record.expires_at is None)

@@ -53,6 +53,12 @@ class CredentialKind(Protocol):
         ...
 
     @property
+    def select_fallback(self) -> bool:
+        """Whether reading without `$select` is safe (the resource holds no secret), should
+        Graph refuse a property of the `$select`."""
+        ...
+
+    @property
     def empty_note(self) -> str | None:
         """What the status page says when a successful poll found nothing (None: say nothing)."""
         ...
@@ -67,6 +73,10 @@ class CredentialKind(Protocol):
 
     def status_rows(self, records: Records) -> list[StatusRow]:
         """Rows for the HTML status page."""
+        ...
+
+    def incomplete(self, records: Records) -> int:
+        """Records without the field the exporter exists for (a credential's expiry)."""
         ...
 
 

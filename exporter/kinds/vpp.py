@@ -83,6 +83,7 @@ class VppTokenKind:
 
     name: Final = "vpp"
     title: Final = "VPP token"
+    select_fallback: Final = False
     empty_note: Final = None
     metrics: Final = (
         MetricSpec(
@@ -174,3 +175,6 @@ class VppTokenKind:
                 )
             )
         return rows
+
+    def incomplete(self, records: Records) -> int:
+        return sum(1 for record in records if record.expires_at is None)
