@@ -46,6 +46,13 @@ HEALTH_METRICS: Final = (
         ("tenant", "collector"),
     ),
     MetricSpec(
+        "intune_tenant_threshold_seconds",
+        "gauge",
+        "The tenant's thresholds from the config (expiry_warning, expiry_critical, "
+        "ade_sync_stale, vpp_sync_stale), in seconds: the alert rules compare against them.",
+        ("tenant", "threshold"),
+    ),
+    MetricSpec(
         "intune_tenant_incomplete_records",
         "gauge",
         "Records the collector got without the field the exporter exists for (a credential "
@@ -165,6 +172,8 @@ def tenant_samples(
                 labels,
                 float(kind.incomplete(collector.records)),
             )
+    for threshold, seconds in state.thresholds.items():
+        yield "intune_tenant_threshold_seconds", (name, threshold), seconds
     yield "intune_tenant_polls_total", (name,), float(counters.polls)
     for (collector_name, reason), count in counters.poll_errors.items():
         yield "intune_tenant_poll_errors_total", (name, collector_name, reason), float(count)

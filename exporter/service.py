@@ -68,13 +68,13 @@ class Exporter:
         self._started_at: float | None = None
         self._token_slots = asyncio.Semaphore(TOKEN_SLOTS)
         for tenant in self.tenants:
-            collectors = config.collectors_for(tenant)
             self.store.add_tenant(
                 tenant.name,
                 tenant.tenant_id,
                 tenant.cloud,
-                collectors,
-                intervals=dict.fromkeys(collectors, config.poll_interval),
+                config.collectors_for(tenant),
+                intervals=config.intervals_for(tenant),
+                thresholds=config.thresholds_for(tenant),
             )
         self._ready_logged = False
         self.store.subscribe(self._note_ready)
@@ -162,6 +162,12 @@ class Exporter:
             graph,
             self.store,
             tokens=tokens,
+            # A collector at the poll interval runs at every slot; only longer ones are skipped.
+            intervals={
+                name: interval
+                for name, interval in config.intervals_for(tenant).items()
+                if interval > config.poll_interval
+            },
             poll_interval=config.poll_interval,
         )
 

@@ -15,6 +15,7 @@ from types import MappingProxyType
 
 from .errors import PollError, Reason
 from .records import Fetched, Records
+from .thresholds import DEFAULT_THRESHOLDS, Thresholds
 
 # Pre-created at 0 so that `increase()` in alert rules sees the very first error.
 PRECREATED_REASONS: tuple[Reason, ...] = ("auth", "forbidden")
@@ -41,6 +42,8 @@ class TenantState:
     collectors: Mapping[str, CollectorState]
     # How often each collector runs (poll_interval, or its own collector interval).
     intervals: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    # What this tenant is judged by (config `thresholds`), exposed for the alert rules.
+    thresholds: Thresholds = DEFAULT_THRESHOLDS
     polled: bool = False  # its first poll has finished, successfully or not
     last_success_at: float | None = None  # last poll in which every collector succeeded
     last_poll_duration: float | None = None
@@ -112,6 +115,7 @@ class SnapshotStore:
         collectors: Sequence[str],
         *,
         intervals: Mapping[str, float] | None = None,
+        thresholds: Thresholds = DEFAULT_THRESHOLDS,
     ) -> None:
         """Register a tenant, so that it is visible (down, not polled) from the start."""
         state = TenantState(
@@ -120,6 +124,7 @@ class SnapshotStore:
             cloud=cloud,
             collectors=MappingProxyType({c: CollectorState() for c in collectors}),
             intervals=MappingProxyType(dict(intervals or {})),
+            thresholds=thresholds,
         )
         previous = self._tenants.get(name)
         if previous is not None and not previous.polled:

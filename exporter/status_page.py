@@ -12,11 +12,8 @@ from .errors import PollError
 from .kinds import CredentialKind
 from .kinds.base import StatusRow
 from .snapshot import StoreView, TenantState
-from .timetext import age_text, date_text, datetime_text, days_until, span_text
-
-# The same thresholds as the alert rules (prometheus/alerts.yaml).
-WARNING_DAYS: Final = 30.0
-CRITICAL_DAYS: Final = 7.0
+from .thresholds import Thresholds
+from .timetext import SECONDS_PER_DAY, age_text, date_text, datetime_text, days_until, span_text
 
 _STYLE: Final = """
 body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1b1b1b}
@@ -47,7 +44,10 @@ class _Assessed:
         return bool(self.level or self.problems)
 
 
-def _assess(tenant: str, row: StatusRow, now: float) -> _Assessed:
+def _assess(tenant: str, row: StatusRow, now: float, thresholds: Thresholds) -> _Assessed:
+    """What the page concludes of a row, by the tenant's own thresholds (as the alerts do)."""
+    critical_days = thresholds.expiry_critical / SECONDS_PER_DAY
+    warning_days = thresholds.expiry_warning / SECONDS_PER_DAY
     days = None if row.expires_at is None else days_until(row.expires_at, now)
     problems: list[str] = []
     level = ""
@@ -58,18 +58,18 @@ def _assess(tenant: str, row: StatusRow, now: float) -> _Assessed:
         if days <= 0:
             level = "expired"
             problems.append(f"expired {-days:.1f} days ago")
-        elif days < CRITICAL_DAYS:
+        elif days < critical_days:
             level = "critical"
-            problems.append(f"expires in under {CRITICAL_DAYS:.0f} days")
-        elif days < WARNING_DAYS:
+            problems.append(f"expires in under {critical_days:g} days")
+        elif days < warning_days:
             level = "warning"
-            problems.append(f"expires in under {WARNING_DAYS:.0f} days")
+            problems.append(f"expires in under {warning_days:g} days")
     if row.problem:
         problems.append(row.problem)
-    if row.stale_sync_after is not None:
+    if row.stale_after is not None:
         if row.last_sync_at is None:
             problems.append("never synced")
-        elif now - row.last_sync_at > row.stale_sync_after:
+        elif now - row.last_sync_at > getattr(thresholds, row.stale_after):
             problems.append(f"no successful sync for {span_text(now - row.last_sync_at)}")
     return _Assessed(tenant, row, days, level, tuple(problems))
 
@@ -120,7 +120,7 @@ def _credential_row(item: _Assessed, now: float) -> str:
         name = f'<span title="{escape(row.detail)}">{name}</span>'
     synced = (
         "—"
-        if row.last_sync_at is None and row.stale_sync_after is None
+        if row.last_sync_at is None and row.stale_after is None
         else age_text(row.last_sync_at, now)
     )
     problem = "; ".join(escape(p) for p in item.problems) or "—"
@@ -170,7 +170,7 @@ def render_status_page(
                     )
                 continue
             rows = collector.status_rows(state.records)
-            assessed.extend(_assess(tenant.name, row, now) for row in rows)
+            assessed.extend(_assess(tenant.name, row, now, tenant.thresholds) for row in rows)
             if not rows and collector.empty_note:
                 notes.append(_note_row(tenant.name, collector.title, collector.empty_note))
     assessed.sort(

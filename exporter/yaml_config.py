@@ -102,10 +102,13 @@ def pydantic_problem(model: type[BaseModel], error: Mapping[str, Any]) -> str:
     if kind == "extra_forbidden":
         owner = _model_at(model, loc[:-1])
         if owner is not None:
-            return f"unknown key (valid keys: {', '.join(owner.model_fields)})"
+            keys = [name for name, field in owner.model_fields.items() if not field.exclude]
+            return f"unknown key (valid keys: {', '.join(keys)})"
         return "unknown key"
     if kind == "missing":
         return "is required"
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
+        return "must be a mapping of keys"
     if kind == "value_error" and "ctx" in error and "error" in error["ctx"]:
         # Our own validators: the message is ours and carries no secret.
         return str(error["ctx"]["error"])

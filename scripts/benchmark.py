@@ -537,7 +537,7 @@ def render_tables(results: list[SizeResult], plan: Plan) -> str:
         "",
         "### The first round and memory",
         "",
-        f"Bound: ⌈tenants ÷ {CONCURRENCY}⌉ × {LATENCY * 1000:.0f} ms. First round: from the "
+        f"Bound: ⌈tenants ÷ {CONCURRENCY}⌉ x {LATENCY * 1000:.0f} ms. First round: from the "
         "start of polling to the last tenant's first poll (the exporter's own log line); "
         "ready: from starting the process to `/-/ready` answering 200.",
         "",

@@ -191,7 +191,7 @@ def test_invalid_config_exits_2_without_traceback(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 2
-    assert f"{config}: tenants[0].tenant_id: 'not-a-guid' is not a GUID" in result.stderr
+    assert f"{config}: tenants[x].tenant_id: 'not-a-guid' is not a GUID" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -22,7 +22,15 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 
 from exporter.cli import main
-from exporter.config import ExporterConfig, TenantConfig, load_config, parse_config
+from exporter.config import (
+    DiscoveryConfig,
+    ExporterConfig,
+    GdapDiscovery,
+    TenantConfig,
+    ThresholdSettings,
+    load_config,
+    parse_config,
+)
 from exporter.yaml_config import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -206,7 +214,7 @@ def test_parse_config_validates_an_already_parsed_document() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config(one(client_id="nope"), "inline.yaml")
     assert caught.value.file == "inline.yaml"
-    assert caught.value.key == "tenants[0].client_id"
+    assert caught.value.key == "tenants[contoso].client_id"
 
 
 def test_guids_are_normalised_to_lower_case(tmp_path: Path) -> None:
@@ -237,7 +245,7 @@ def test_each_cloud_has_its_hosts(tmp_path: Path, cloud: str, authority: str, gr
 
 def test_unknown_cloud_is_an_error(tmp_path: Path) -> None:
     err = error_of(tmp_path, one(cloud="germany"))
-    assert err.key == "tenants[0].cloud"
+    assert err.key == "tenants[contoso].cloud"
     for name in ("global", "usgov", "usgov-dod", "china"):
         assert repr(name) in err.problem
 
@@ -426,7 +434,7 @@ def test_error_in_an_inherited_key_names_defaults_and_the_tenant(tmp_path: Path)
         ],
     }
     err = error_of(tmp_path, doc)
-    assert err.key == "defaults.client_id (inherited by tenants[1])"
+    assert err.key == "defaults.client_id (inherited by tenants[b])"
     assert "is not a GUID" in err.problem
 
 
@@ -437,7 +445,7 @@ def test_inherited_missing_secret_file_names_defaults(tmp_path: Path) -> None:
         "tenants": [{"name": "a", "tenant_id": TENANT_IDS[0]}],
     }
     err = error_of(tmp_path, doc)
-    assert err.key == "defaults.client_secret_file (inherited by tenants[0])"
+    assert err.key == "defaults.client_secret_file (inherited by tenants[a])"
     assert "does not exist" in err.problem
     assert str(missing) in err.problem
 
@@ -450,21 +458,22 @@ def test_inherited_bad_ca_file_names_defaults(tmp_path: Path) -> None:
         "tenants": [tenant("a", 0), tenant("b", 1)],
     }
     err = error_of(tmp_path, doc)
-    assert err.key == "defaults.ca_file (inherited by tenants[0])"
+    assert err.key == "defaults.ca_file (inherited by tenants[a], tenants[b])"
+    assert len(err.problems) == 1
     assert "holds no PEM CA certificate" in err.problem
 
 
 def test_inherited_http_endpoint_names_defaults(tmp_path: Path) -> None:
     doc = {"defaults": {"graph_endpoint": "http://graph.contoso.test"}, "tenants": [tenant()]}
     err = error_of(tmp_path, doc)
-    assert err.key == "defaults.graph_endpoint (inherited by tenants[0])"
+    assert err.key == "defaults.graph_endpoint (inherited by tenants[contoso])"
     assert "must use https" in err.problem
 
 
 def test_a_tenant_own_bad_value_is_not_blamed_on_defaults(tmp_path: Path) -> None:
     doc = {"defaults": {"client_id": CLIENT_ID}, "tenants": [tenant(client_id="nope")]}
     err = error_of(tmp_path, doc)
-    assert err.key == "tenants[0].client_id"
+    assert err.key == "tenants[contoso].client_id"
 
 
 def test_two_credentials_in_defaults_are_blamed_on_defaults(
@@ -488,7 +497,12 @@ def test_two_credentials_in_defaults_are_blamed_on_defaults(
     [
         ("name", "cannot be a default"),
         ("tenant_id", "cannot be a default"),
-        ("color", "unknown key"),
+        (
+            "color",
+            "unknown key (valid keys: authority_host, ca_file, client_certificate_file, "
+            "client_certificate_password, client_id, client_secret, client_secret_file, cloud, "
+            "collect, collector_intervals, federated_token_file, graph_endpoint, thresholds)",
+        ),
     ],
 )
 def test_forbidden_or_unknown_keys_in_defaults(tmp_path: Path, key: str, gist: str) -> None:
@@ -568,7 +582,7 @@ def test_text_without_braces_is_left_alone(tmp_path: Path) -> None:
     [
         (
             {"tenants": [tenant("a", 0), tenant("b", 1, client_secret="${UNSET_VAR}")]},
-            "tenants[1].client_secret",
+            "tenants[b].client_secret",
         ),
         (
             {
@@ -595,7 +609,7 @@ def test_variable_set_to_empty_secret_is_an_error(
 ) -> None:
     monkeypatch.setenv("EMPTY_SECRET", "")
     err = error_of(tmp_path, one(client_secret="${EMPTY_SECRET}"))
-    assert err.key == "tenants[0].client_secret"
+    assert err.key == "tenants[contoso].client_secret"
     assert err.problem == "is empty"
 
 
@@ -612,14 +626,16 @@ def test_unknown_top_level_key(tmp_path: Path) -> None:
 def test_unknown_tenant_key(tmp_path: Path) -> None:
     doc = {"tenants": [tenant("a", 0), tenant("b", 1, client_secrett=SECRET)]}
     err = error_of(tmp_path, doc)
-    assert err.key == "tenants[1].client_secrett"
-    assert err.problem.startswith("unknown key (valid keys: name, tenant_id, client_id,")
+    assert err.key == "tenants[b].client_secrett"
+    assert err.problem.startswith("unknown key (valid keys: client_id, client_secret,")
+    assert ", name, tenant_id)" in err.problem  # not the internal `source`
     assert_secret_absent(err, SECRET)
 
 
 def test_duplicate_tenant_names(tmp_path: Path) -> None:
     doc = {"tenants": [tenant("a", 0), tenant("b", 1), tenant("a", 2)]}
     err = error_of(tmp_path, doc)
+    # Positions: the name is the thing in question.
     assert err.key == "tenants[2].name"
     assert err.problem == "duplicate tenant name 'a' (also tenants[0])"
 
@@ -639,13 +655,13 @@ def test_duplicate_tenant_names(tmp_path: Path) -> None:
 def test_malformed_guid_names_the_third_tenant(tmp_path: Path, key: str, bad: str) -> None:
     doc = {"tenants": [tenant("a", 0), tenant("b", 1), tenant("c", 2, **{key: bad})]}
     err = error_of(tmp_path, doc)
-    assert err.key == f"tenants[2].{key}"
+    assert err.key == f"tenants[c].{key}"
     assert "is not a GUID" in err.problem
 
 
 def test_guid_that_is_a_number_is_an_error(tmp_path: Path) -> None:
     err = error_of(tmp_path, one(client_id=12345))
-    assert err.key == "tenants[0].client_id"
+    assert err.key == "tenants[contoso].client_id"
     assert "valid string" in err.problem
 
 
@@ -654,7 +670,8 @@ def test_required_tenant_keys(tmp_path: Path, key: str) -> None:
     second = tenant("b", 1)
     del second[key]
     err = error_of(tmp_path, {"tenants": [tenant("a", 0), second]})
-    assert err.key == f"tenants[1].{key}"
+    # Named where it can be: a missing name leaves only the position.
+    assert err.key == f"tenants[{'1' if key == 'name' else 'b'}].{key}"
     assert err.problem == "is required"
 
 
@@ -666,7 +683,7 @@ def test_tenant_name_must_be_a_clean_label(tmp_path: Path, bad: str) -> None:
 
 def test_two_credentials(tmp_path: Path, cert_file: Path) -> None:
     err = error_of(tmp_path, one(client_secret=SECRET, client_certificate_file=str(cert_file)))
-    assert err.key == "tenants[0]"
+    assert err.key == "tenants[contoso]"
     assert err.problem.startswith(
         "two credentials given (client_secret and client_certificate_file)"
     )
@@ -676,13 +693,13 @@ def test_two_credentials(tmp_path: Path, cert_file: Path) -> None:
 def test_two_file_credentials(tmp_path: Path, secret_file: Path) -> None:
     doc = one(client_secret_file=str(secret_file), federated_token_file=str(secret_file))
     err = error_of(tmp_path, doc)
-    assert err.key == "tenants[0]"
+    assert err.key == "tenants[contoso]"
     assert "two credentials given (client_secret_file and federated_token_file)" in err.problem
 
 
 def test_no_credential(tmp_path: Path) -> None:
     err = error_of(tmp_path, {"tenants": [tenant("a", 0), tenant("b", 1, client_secret=None)]})
-    assert err.key == "tenants[1]"
+    assert err.key == "tenants[b]"
     assert err.problem.startswith("no credential")
     for key in sorted(CREDENTIALS):
         assert key in err.problem
@@ -690,7 +707,7 @@ def test_no_credential(tmp_path: Path) -> None:
 
 def test_certificate_password_without_certificate(tmp_path: Path) -> None:
     err = error_of(tmp_path, one(client_certificate_password=CERT_PASSWORD))
-    assert err.key == "tenants[0]"
+    assert err.key == "tenants[contoso]"
     assert "client_certificate_password is set without client_certificate_file" in err.problem
     assert_secret_absent(err, CERT_PASSWORD)
 
@@ -698,7 +715,7 @@ def test_certificate_password_without_certificate(tmp_path: Path) -> None:
 @pytest.mark.parametrize("blank", ["", "   "])
 def test_blank_client_secret(tmp_path: Path, blank: str) -> None:
     err = error_of(tmp_path, one(client_secret=blank))
-    assert err.key == "tenants[0].client_secret"
+    assert err.key == "tenants[contoso].client_secret"
     assert err.problem == "is empty"
 
 
@@ -723,14 +740,14 @@ def test_secret_and_token_files_are_read(tmp_path: Path, secret_file: Path, key:
 def test_missing_secret_or_token_file(tmp_path: Path, key: str) -> None:
     missing = tmp_path / "nowhere" / "secret"
     err = error_of(tmp_path, {"tenants": [tenant("a", 0), tenant("b", 1, **{key: str(missing)})]})
-    assert err.key == f"tenants[1].{key}"
+    assert err.key == f"tenants[b].{key}"
     assert f"{str(missing)!r} does not exist" in err.problem
 
 
 @pytest.mark.parametrize("key", ["client_secret_file", "federated_token_file"])
 def test_secret_or_token_file_that_is_a_directory(tmp_path: Path, key: str) -> None:
     err = error_of(tmp_path, one(**{key: str(tmp_path)}))
-    assert err.key == f"tenants[0].{key}"
+    assert err.key == f"tenants[contoso].{key}"
     assert "is a directory" in err.problem
 
 
@@ -740,7 +757,7 @@ def test_empty_secret_or_token_file(tmp_path: Path, key: str, content: str) -> N
     empty = tmp_path / "empty"
     empty.write_text(content, encoding="utf-8")
     err = error_of(tmp_path, one(**{key: str(empty)}))
-    assert err.key == f"tenants[0].{key}"
+    assert err.key == f"tenants[contoso].{key}"
     assert err.problem.endswith(f"{str(empty)!r} is empty")
 
 
@@ -749,7 +766,7 @@ def test_binary_secret_file(tmp_path: Path, key: str) -> None:
     binary = tmp_path / "binary"
     binary.write_bytes(b"\xff\xfe\x00secret")
     err = error_of(tmp_path, one(**{key: str(binary)}))
-    assert err.key == f"tenants[0].{key}"
+    assert err.key == f"tenants[contoso].{key}"
     assert "is not UTF-8 text" in err.problem
 
 
@@ -761,7 +778,7 @@ def test_unreadable_file(tmp_path: Path, secret_file: Path, key: str) -> None:
     secret_file.chmod(0)
     doc = one(**{key: str(secret_file)}) if key != "ca_file" else one(ca_file=str(secret_file))
     err = error_of(tmp_path, doc)
-    assert err.key == f"tenants[0].{key}"
+    assert err.key == f"tenants[contoso].{key}"
     assert "ermission denied" in err.problem
 
 
@@ -784,14 +801,14 @@ def test_ec_certificate_is_rejected(tmp_path: Path, ca: trustme.CA) -> None:
     pem = tmp_path / "ec.pem"
     pem.write_bytes(_key_pem(cert) + _chain_pem(cert))
     err = error_of(tmp_path, one(client_certificate_file=str(pem)))
-    assert err.key == "tenants[0].client_certificate_file"
+    assert err.key == "tenants[contoso].client_certificate_file"
     assert "is not RSA" in err.problem
 
 
 def test_missing_certificate_file(tmp_path: Path) -> None:
     missing = tmp_path / "gone.pem"
     err = error_of(tmp_path, one(client_certificate_file=str(missing)))
-    assert err.key == "tenants[0].client_certificate_file"
+    assert err.key == "tenants[contoso].client_certificate_file"
     assert f"{str(missing)!r} does not exist" in err.problem
 
 
@@ -799,7 +816,7 @@ def test_certificate_file_without_a_key(tmp_path: Path, ca: trustme.CA) -> None:
     pem = tmp_path / "cert-only.pem"
     pem.write_bytes(_chain_pem(leaf(ca, "exporter.contoso.test")))
     err = error_of(tmp_path, one(client_certificate_file=str(pem)))
-    assert err.key == "tenants[0].client_certificate_file"
+    assert err.key == "tenants[contoso].client_certificate_file"
     assert "holds no readable PEM private key" in err.problem
 
 
@@ -807,7 +824,7 @@ def test_certificate_file_without_a_certificate(tmp_path: Path, ca: trustme.CA) 
     pem = tmp_path / "key-only.pem"
     pem.write_bytes(_key_pem(leaf(ca, "exporter.contoso.test")))
     err = error_of(tmp_path, one(client_certificate_file=str(pem)))
-    assert err.key == "tenants[0].client_certificate_file"
+    assert err.key == "tenants[contoso].client_certificate_file"
     assert "holds no PEM certificate" in err.problem
 
 
@@ -816,7 +833,7 @@ def test_key_that_does_not_match_the_certificate(tmp_path: Path, ca: trustme.CA)
     pem = tmp_path / "mismatch.pem"
     pem.write_bytes(_key_pem(mine) + _chain_pem(other))
     err = error_of(tmp_path, one(client_certificate_file=str(pem)))
-    assert err.key == "tenants[0].client_certificate_file"
+    assert err.key == "tenants[contoso].client_certificate_file"
     assert "does not match its private key" in err.problem
 
 
@@ -840,7 +857,7 @@ def test_encrypted_key_with_the_right_password(tmp_path: Path, encrypted_cert_fi
 
 def test_encrypted_key_without_a_password(tmp_path: Path, encrypted_cert_file: Path) -> None:
     err = error_of(tmp_path, one(client_certificate_file=str(encrypted_cert_file)))
-    assert err.key == "tenants[0].client_certificate_file"
+    assert err.key == "tenants[contoso].client_certificate_file"
     assert "is encrypted; set client_certificate_password" in err.problem
 
 
@@ -848,7 +865,7 @@ def test_encrypted_key_with_a_wrong_password(tmp_path: Path, encrypted_cert_file
     wrong = "s3cr3t-WRONG-password"
     doc = one(client_certificate_file=str(encrypted_cert_file), client_certificate_password=wrong)
     err = error_of(tmp_path, doc)
-    assert err.key == "tenants[0].client_certificate_file"
+    assert err.key == "tenants[contoso].client_certificate_file"
     assert "wrong client_certificate_password" in err.problem
     assert_secret_absent(err, wrong, CERT_PASSWORD)
 
@@ -856,7 +873,7 @@ def test_encrypted_key_with_a_wrong_password(tmp_path: Path, encrypted_cert_file
 def test_password_for_a_key_that_is_not_encrypted(tmp_path: Path, cert_file: Path) -> None:
     doc = one(client_certificate_file=str(cert_file), client_certificate_password=CERT_PASSWORD)
     err = error_of(tmp_path, doc)
-    assert err.key == "tenants[0].client_certificate_file"
+    assert err.key == "tenants[contoso].client_certificate_file"
     assert "is not encrypted" in err.problem
     assert_secret_absent(err, CERT_PASSWORD)
 
@@ -875,7 +892,7 @@ def test_ca_file_that_is_not_pem(tmp_path: Path, content: bytes) -> None:
     bad = tmp_path / "ca.crt"
     bad.write_bytes(content)
     err = error_of(tmp_path, {"tenants": [tenant("a", 0), tenant("b", 1, ca_file=str(bad))]})
-    assert err.key == "tenants[1].ca_file"
+    assert err.key == "tenants[b].ca_file"
     assert err.problem == f"{str(bad)!r} holds no PEM CA certificate"
 
 
@@ -883,14 +900,14 @@ def test_ca_file_with_only_a_private_key(tmp_path: Path, ca: trustme.CA) -> None
     bad = tmp_path / "key.pem"
     bad.write_bytes(_key_pem(leaf(ca, "x")))
     err = error_of(tmp_path, one(ca_file=str(bad)))
-    assert err.key == "tenants[0].ca_file"
+    assert err.key == "tenants[contoso].ca_file"
     assert "holds no PEM CA certificate" in err.problem
 
 
 def test_missing_ca_file(tmp_path: Path) -> None:
     missing = tmp_path / "missing-ca.pem"
     err = error_of(tmp_path, one(ca_file=str(missing)))
-    assert err.key == "tenants[0].ca_file"
+    assert err.key == "tenants[contoso].ca_file"
     assert err.problem == f"{str(missing)!r} cannot be loaded: No such file or directory"
 
 
@@ -902,7 +919,7 @@ def test_missing_ca_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize("url", ["http://graph.contoso.test", "ftp://graph.contoso.test"])
 def test_non_https_endpoints_are_rejected(tmp_path: Path, key: str, url: str) -> None:
     err = error_of(tmp_path, one(**{key: url}))
-    assert err.key == f"tenants[0].{key}"
+    assert err.key == f"tenants[contoso].{key}"
     assert f"{key} must use https" in err.problem
 
 
@@ -941,13 +958,13 @@ def test_endpoint_override_keeps_the_cloud_for_the_other_host(tmp_path: Path) ->
 )
 def test_path_in_graph_endpoint_is_rejected(tmp_path: Path, url: str) -> None:
     err = error_of(tmp_path, one(graph_endpoint=url))
-    assert err.key == "tenants[0].graph_endpoint"
+    assert err.key == "tenants[contoso].graph_endpoint"
     assert "without a path" in err.problem
 
 
 def test_path_in_authority_host_is_rejected(tmp_path: Path) -> None:
     err = error_of(tmp_path, one(authority_host="https://login.microsoftonline.com/contoso"))
-    assert err.key == "tenants[0].authority_host"
+    assert err.key == "tenants[contoso].authority_host"
     assert "without a path" in err.problem
 
 
@@ -956,13 +973,13 @@ def test_path_in_authority_host_is_rejected(tmp_path: Path) -> None:
 )
 def test_endpoint_with_a_bad_port(tmp_path: Path, url: str) -> None:
     err = error_of(tmp_path, one(graph_endpoint=url))
-    assert err.key == "tenants[0].graph_endpoint"
+    assert err.key == "tenants[contoso].graph_endpoint"
     assert "invalid port" in err.problem
 
 
 def test_endpoint_without_a_host(tmp_path: Path) -> None:
     err = error_of(tmp_path, one(authority_host="https://"))
-    assert err.key == "tenants[0].authority_host"
+    assert err.key == "tenants[contoso].authority_host"
     assert "has no host name" in err.problem
 
 
@@ -1009,7 +1026,7 @@ def test_repeated_collector_counts_once(tmp_path: Path) -> None:
     ("doc", "key"),
     [
         ({"collect": ["ade", "dep"], **one()}, "collect"),
-        ({"tenants": [tenant("a", 0), tenant("b", 1, collect=["dep"])]}, "tenants[1].collect"),
+        ({"tenants": [tenant("a", 0), tenant("b", 1, collect=["dep"])]}, "tenants[b].collect"),
     ],
 )
 def test_unknown_collector(tmp_path: Path, doc: dict[str, Any], key: str) -> None:
@@ -1024,7 +1041,7 @@ def test_unknown_collector(tmp_path: Path, doc: dict[str, Any], key: str) -> Non
     ("doc", "key"),
     [
         ({"collect": [], **one()}, "collect"),
-        ({"tenants": [tenant(collect=[])]}, "tenants[0].collect"),
+        ({"tenants": [tenant(collect=[])]}, "tenants[contoso].collect"),
     ],
 )
 def test_empty_collector_list(tmp_path: Path, doc: dict[str, Any], key: str) -> None:
@@ -1085,13 +1102,25 @@ def test_top_level_must_be_a_mapping(tmp_path: Path, text: str) -> None:
 def test_missing_tenants(tmp_path: Path) -> None:
     err = error_of(tmp_path, {"poll_interval": "10m"})
     assert err.key == "tenants"
-    assert err.problem == "is required"
+    assert err.problem == "list at least one tenant"
 
 
 def test_empty_tenants_list(tmp_path: Path) -> None:
     err = error_of(tmp_path, {"tenants": []})
     assert err.key == "tenants"
-    assert "at least 1 item" in err.problem
+    assert err.problem == "list at least one tenant"
+
+
+def test_gdap_discovery_is_refused_until_it_polls(tmp_path: Path) -> None:
+    gdap = {
+        "partner_tenant_id": TENANT_IDS[0],
+        "client_id": CLIENT_ID,
+        "client_secret": "s3cret-value",
+    }
+    err = error_of(tmp_path, {"discovery": {"gdap": gdap}})
+    assert err.key == "discovery.gdap"
+    assert err.problem.startswith("GDAP discovery is not available in this version yet")
+    assert "s3cret-value" not in str(err)
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -1111,9 +1140,9 @@ def test_config_path_that_is_a_directory(tmp_path: Path) -> None:
 
 
 def test_config_error_renders_file_key_and_problem() -> None:
-    err = ConfigError("c.yaml", "tenants[2].client_id", "is not a GUID")
-    assert (err.file, err.key, err.problem) == ("c.yaml", "tenants[2].client_id", "is not a GUID")
-    assert str(err) == "c.yaml: tenants[2].client_id: is not a GUID"
+    err = ConfigError("c.yaml", "tenants[c].client_id", "is not a GUID")
+    assert (err.file, err.key, err.problem) == ("c.yaml", "tenants[c].client_id", "is not a GUID")
+    assert str(err) == "c.yaml: tenants[c].client_id: is not a GUID"
 
 
 # --------------------------------------------------------------------------------------------
@@ -1164,13 +1193,13 @@ def test_secrets_are_never_in_error_text(
 
 def test_secret_file_given_as_certificate_does_not_leak(tmp_path: Path, secret_file: Path) -> None:
     err = error_of(tmp_path, one(client_certificate_file=str(secret_file)))
-    assert err.key == "tenants[0].client_certificate_file"
+    assert err.key == "tenants[contoso].client_certificate_file"
     assert_secret_absent(err, FILE_SECRET)
 
 
 def test_wrong_type_for_a_secret_does_not_echo_it(tmp_path: Path) -> None:
     err = error_of(tmp_path, one(client_secret=[SECRET]))
-    assert err.key == "tenants[0].client_secret"
+    assert err.key == "tenants[contoso].client_secret"
     assert_secret_absent(err, SECRET)
 
 
@@ -1217,11 +1246,12 @@ def test_poll_interval_under_a_minute_warns(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="exporter.config")
+    # (the loader logs as exporter.config.loading, a child of exporter.config)
     config = load(tmp_path, {"poll_interval": "30s", **one()})
     assert config.poll_interval == 30.0
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
-    assert warnings[0].name == "exporter.config"
+    assert warnings[0].name == "exporter.config.loading"
     assert "under a minute" in warnings[0].getMessage()
     assert warnings[0].poll_interval_seconds == 30.0
 
@@ -1254,9 +1284,9 @@ def test_check_config_accepts_a_valid_file(
 @pytest.mark.parametrize(
     ("doc", "key", "gist"),
     [
-        (one(client_id="nope"), "tenants[0].client_id", "is not a GUID"),
+        (one(client_id="nope"), "tenants[contoso].client_id", "is not a GUID"),
         ({"pol_interval": "1m", **one()}, "pol_interval", "unknown key"),
-        ({"tenants": []}, "tenants", "at least 1 item"),
+        ({"tenants": []}, "tenants", "list at least one tenant"),
     ],
 )
 def test_check_config_rejects_an_invalid_file(
@@ -1320,7 +1350,7 @@ def test_check_config_keeps_secrets_out_of_stderr_and_logs(tmp_path: Path) -> No
     path = write(tmp_path, doc)
     result = _run_cli("--check-config", f"--config.file={path}", env={"CONTOSO_SECRET": ENV_SECRET})
     assert result.returncode == 2
-    assert result.stderr.startswith(f"invalid configuration: {path}: tenants[1].client_id: ")
+    assert result.stderr.startswith(f"invalid configuration: {path}: tenants[b].client_id: ")
     assert "Traceback" not in result.stderr
     for secret in (SECRET, ENV_SECRET):
         assert secret not in result.stdout
@@ -1450,6 +1480,9 @@ def test_example_config_passes_check_config(
 @pytest.mark.skipif(not EXAMPLE_CONFIG.exists(), reason="config.example.yaml is not written yet")
 def test_example_config_documents_every_key() -> None:
     text = EXAMPLE_CONFIG.read_text(encoding="utf-8")
-    keys = (set(ExporterConfig.model_fields) | set(TenantConfig.model_fields)) - {"tenants"}
-    missing = sorted(key for key in keys | {"defaults", "tenants"} if f"{key}:" not in text)
+    models = (ExporterConfig, TenantConfig, ThresholdSettings, GdapDiscovery, DiscoveryConfig)
+    keys = {
+        name for model in models for name, field in model.model_fields.items() if not field.exclude
+    }
+    missing = sorted(key for key in keys | {"defaults"} if f"{key}:" not in text)
     assert missing == []

@@ -234,7 +234,9 @@ def test_expired_and_expiring_rows_are_marked(dom: TableParser) -> None:
     problems = {name: row.cells[7] for (_, name), row in rows.items() if row.cells[7] != "—"}
     troubled_tenants = {tenant for (tenant, _), row in rows.items() if row.cells[7] != "—"}
     assert problems["Northwind School"].startswith("sync error code 3: new Apple Business")
-    assert problems["Northwind Field"] == "last sync failed"
+    assert (
+        problems["Northwind Field"] == "last sync failed; no successful sync for 3.0 d"
+    )  # past vpp_sync_stale (72h)
     assert problems["Northwind Retail"] == "state invalid"
     assert problems["Northwind Kiosk"] == "state assignedToExternalMDM"
     assert problems["Fabrikam Education"] == "expired 3.0 days ago; state expired"

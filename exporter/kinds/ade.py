@@ -33,7 +33,6 @@ SYNC_ERROR_HINTS: Final = {
 
 _L: Final = ("tenant", "token_id", "token_name")
 # Intune runs a delta sync every 12 hours; three missed ones is a problem (as in the alert rule).
-STALE_SYNC_SECONDS: Final = 36 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -182,7 +181,7 @@ class AdeTokenKind:
                     problem=sync_error_text(code) if code else None,
                     renew_url=links.ADE_RENEW,
                     troubleshooting_url=links.ADE_SYNC_TROUBLESHOOTING if code else None,
-                    stale_sync_after=STALE_SYNC_SECONDS,
+                    stale_after="ade_sync_stale",
                 )
             )
         return rows

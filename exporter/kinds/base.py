@@ -31,7 +31,8 @@ class StatusRow:
     renew_url: str
     troubleshooting_url: str | None = None
     detail: str | None = None  # shown as a tooltip on the name
-    stale_sync_after: float | None = None  # seconds without a successful sync that is a problem
+    # The threshold (exporter.thresholds) a sync older than is a problem; None: not judged.
+    stale_after: str | None = None
 
 
 class CredentialKind(Protocol):

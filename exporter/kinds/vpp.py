@@ -172,6 +172,7 @@ class VppTokenKind:
                     last_sync_at=token.last_sync_at,
                     problem="; ".join(problems) or None,
                     renew_url=links.VPP_RENEW,
+                    stale_after="vpp_sync_stale",
                 )
             )
         return rows
