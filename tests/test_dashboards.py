@@ -335,6 +335,7 @@ def test_exporter_health_covers_the_issue() -> None:
         in (exprs["Time since last successful poll"])
     )
     assert "intune_exporter_build_info" in exprs["Exporter version"]
+    assert "intune_exporter_shard_info" in exprs["Tenants per shard"]
 
 
 def test_every_metric_is_one_the_exporter_exposes() -> None:
@@ -562,6 +563,8 @@ def demo_series() -> list[dict[str, str]]:
         _series("intune_exporter_poll_interval_seconds", CONSTANT.format(15)),
         _series("intune_graph_requests_total", RISING.format(1), tenant="northwind", code="404"),
         _series("intune_apns_certificate_configured", CONSTANT.format(0), tenant="northwind"),
+        _series("intune_exporter_shard_info", CONSTANT.format(1), shard="0", total_shards="1"),
+        _series("intune_exporter_tenants", CONSTANT.format(len(TENANTS))),
     ]
     for n, tenant in enumerate(TENANTS):
         up = int(tenant != "tailspin")
@@ -752,6 +755,8 @@ def _expected_results() -> list[dict[str, Any]]:
         (_panel_expr(health, "Tenants up"), _samples(("{}", 4))),
         (_panel_expr(health, "Tenants down"), _samples(("{}", 1))),
         (_panel_expr(health, "Throttled requests"), _samples(("{}", 0))),
+        # the demo is one process: shard 0 of 1 owns every tenant
+        (_panel_expr(health, "Tenants per shard"), _samples(('{shard="0"}', len(TENANTS)))),
         (
             _panel_expr(overview, table, "A", tenant="fabrikam"),
             _samples(
