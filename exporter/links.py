@@ -28,6 +28,15 @@ ENTRA_ADMIN_CONSENT: Final = (
     "https://learn.microsoft.com/entra/identity/enterprise-apps/grant-admin-consent"
 )
 
+# The exporter's own runbook (docs/runbook.md), the base of every runbook_url that is not one of
+# Microsoft's pages: the one place to point the rules at a fork or a wiki. After changing it, run
+# `python scripts/gen_prometheusrule.py`, which rewrites the runbook_url of every exporter alert
+# in prometheus/alerts.yaml (and its unit tests) and the PrometheusRule; a test checks them.
+RUNBOOK_BASE: Final = (
+    "https://github.com/intune-apple-token-exporter/intune-apple-token-exporter/blob/main/"
+    "docs/runbook.md"
+)
+
 ALL: Final = (
     ADE_RENEW,
     ADE_RENEW_SEED,

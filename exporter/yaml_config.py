@@ -13,7 +13,7 @@ import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -130,6 +130,9 @@ def pydantic_problems(
     return problems
 
 
+_SAFE_LOADER: Final[type[yaml.SafeLoader]] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def read_yaml(path: str | os.PathLike[str]) -> Any:
     """Read a YAML file; a missing, unreadable or malformed file is a `ConfigError`."""
     file = os.fspath(path)
@@ -146,7 +149,8 @@ def read_yaml(path: str | os.PathLike[str]) -> Any:
     except OSError as exc:
         raise ConfigError(file, "", f"the file cannot be read: {exc.strerror}") from None
     try:
-        return yaml.safe_load(text)
+        # libyaml's loader when PyYAML has it (its wheels do): ~10x faster on a 10,000-tenant file.
+        return yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506 (a safe loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -13,6 +13,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -23,9 +24,14 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
+from exporter import links
+
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "prometheus" / "alerts.yaml"
 RULE_TESTS = ROOT / "prometheus" / "alerts_test.yaml"
+# Rules that look back days, tested at an hourly evaluation interval.
+RULE_TESTS_7D = ROOT / "prometheus" / "alerts_test_7d.yaml"
+RULE_TEST_FILES = (RULE_TESTS, RULE_TESTS_7D)
 AM_CONFIG = ROOT / "alertmanager" / "alertmanager.example.yaml"
 AM_TEMPLATES = ROOT / "alertmanager" / "templates"
 RUNBOOK = ROOT / "docs" / "runbook.md"
@@ -77,25 +83,33 @@ def _anchors(markdown: str) -> set[str]:
 def test_promtool_check_rules_is_clean() -> None:
     result = _run(_binary("promtool"), "check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 19 rules found" in result.stdout
+    assert "SUCCESS: 21 rules found" in result.stdout
 
 
 def test_promtool_unit_tests_pass() -> None:
-    result = _run(_binary("promtool"), "test", "rules", str(RULE_TESTS))
+    result = _run(_binary("promtool"), "test", "rules", *map(str, RULE_TEST_FILES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS" in result.stdout
+    assert result.stdout.count("SUCCESS") == len(RULE_TEST_FILES)
 
 
 def test_promtool_unit_tests_can_fail(tmp_path: Path) -> None:
-    """A threshold moved by one step must break the unit tests, or they prove nothing."""
+    """A threshold moved by one step must break the unit tests, or they prove nothing: the
+    default (a tenant without threshold series) and a tenant's own threshold alike."""
     promtool = _binary("promtool")
     rules = RULES.read_text()
-    assert rules.count(") < 30\n") == 2
-    (tmp_path / "alerts.yaml").write_text(rules.replace(") < 30\n", ") <= 30\n"))
+    assert rules.count(" * 0 + 30\n") == 3  # ADE, VPP and APNs warnings
+    own = 'intune_tenant_threshold_seconds{threshold="expiry_warning"}) / 86400\n'
+    assert rules.count(own) == 3
+    mutations = {
+        "default": rules.replace(" * 0 + 30\n", " * 0 + 30.001\n"),
+        "own": rules.replace(own, own.replace("/ 86400", "/ 86400 - 16")),
+    }
     shutil.copy(RULE_TESTS, tmp_path / "alerts_test.yaml")
-    result = _run(promtool, "test", "rules", str(tmp_path / "alerts_test.yaml"))
-    assert result.returncode != 0
-    assert "IntuneAdeTokenExpiringSoon" in result.stdout + result.stderr
+    for name, mutated in mutations.items():
+        (tmp_path / "alerts.yaml").write_text(mutated)
+        result = _run(promtool, "test", "rules", str(tmp_path / "alerts_test.yaml"))
+        assert result.returncode != 0, name
+        assert "IntuneAdeTokenExpiringSoon" in result.stdout + result.stderr, name
 
 
 def test_amtool_accepts_the_example_config() -> None:
@@ -149,7 +163,7 @@ def test_example_config_groups_by_tenant_and_has_one_webhook_url() -> None:
 
 def test_every_alert_follows_the_conventions() -> None:
     rules = _alert_rules()
-    assert len({rule["alert"] for rule in rules}) == 19
+    assert len({rule["alert"] for rule in rules}) == 21
     runbook_anchors = _anchors(RUNBOOK.read_text())
     from exporter import links
 
@@ -169,12 +183,15 @@ def test_every_alert_follows_the_conventions() -> None:
             assert "$labels.apple_id" in description, name
         if "_token_" in labels["alert_family"]:
             assert "$labels.token_name" in description, name
+        # Absolute, so a pager, Slack or Alertmanager's page can open it: Microsoft's page for
+        # the credential, or our runbook's section under the one base (exporter.links).
         runbook = annotations["runbook_url"]
-        if runbook.startswith("https://"):
-            assert runbook in links.ALL, name
-        else:
-            assert runbook == f"docs/runbook.md#{name.lower()}", name
+        assert runbook.startswith("https://"), name
+        if runbook.startswith(links.RUNBOOK_BASE + "#"):
+            assert runbook == f"{links.RUNBOOK_BASE}#{name.lower()}", name
             assert name.lower() in runbook_anchors, name
+        else:
+            assert runbook in links.ALL, name
         uid = annotations["dashboard_url"].split("?")[0].removeprefix("/d/")
         assert uid in DASHBOARD_UIDS, name
 
@@ -187,10 +204,18 @@ def test_token_alerts_link_the_renewal_page_of_their_credential() -> None:
         "IntuneVpp": links.VPP_RENEW,
         "IntuneApns": links.APNS_RENEW,
     }
+    runbook = RUNBOOK.read_text()
     for rule in _alert_rules():
         for prefix, url in expected.items():
-            if rule["alert"].startswith(prefix):
-                assert rule["annotations"]["runbook_url"] == url, rule["alert"]
+            if not rule["alert"].startswith(prefix):
+                continue
+            link = rule["annotations"]["runbook_url"]
+            if link.startswith(links.RUNBOOK_BASE + "#"):
+                # An alert with steps of its own (a renewal gone wrong): its section links the page.
+                section = runbook.split(f"\n## {rule['alert']}\n", 1)[1].split("\n## ", 1)[0]
+                assert url in section, rule["alert"]
+            else:
+                assert link == url, rule["alert"]
 
 
 def test_exporter_down_matches_the_documented_job() -> None:
@@ -216,9 +241,8 @@ def test_unit_test_series_look_like_the_exporters_own() -> None:
     from exporter.metrics import metric_specs
 
     labels_of = {spec.name: set(spec.labels) for spec in metric_specs()}
-    doc = yaml.safe_load(RULE_TESTS.read_text())
     checked = 0
-    for group in doc["tests"]:
+    for group in [g for f in RULE_TEST_FILES for g in yaml.safe_load(f.read_text())["tests"]]:
         for item in group["input_series"]:
             match = re.fullmatch(r"(\w+)\{(.*)\}", item["series"])
             assert match, item["series"]
@@ -232,10 +256,10 @@ def test_unit_test_series_look_like_the_exporters_own() -> None:
 
 
 def test_every_alert_has_firing_and_silent_unit_tests() -> None:
-    doc = yaml.safe_load(RULE_TESTS.read_text())
     fired: set[str] = set()
     silent: set[str] = set()
-    for group in doc["tests"]:
+    groups = [g for f in RULE_TEST_FILES for g in yaml.safe_load(f.read_text())["tests"]]
+    for group in groups:
         for case in group["alert_rule_test"]:
             (fired if case["exp_alerts"] else silent).add(case["alertname"])
     names = {rule["alert"] for rule in _alert_rules()}
@@ -492,3 +516,26 @@ def test_notification_names_tenant_token_and_links(alertmanager: tuple[str, _Rec
     assert webhook[0]["receiver"] == "intune-critical"
     assert alert["labels"]["token_name"] == "Northwind Shared"
     assert alert["annotations"]["troubleshooting_url"] == links.ADE_SYNC_TROUBLESHOOTING
+
+
+def test_the_runbook_base_is_set_in_one_place() -> None:
+    """gen_prometheusrule.py puts every runbook_url of ours under one base and leaves
+    Microsoft's pages alone; the shipped files are already under exporter.links.RUNBOOK_BASE."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gen", ROOT / "scripts" / "gen_prometheusrule.py")
+    assert spec is not None and spec.loader is not None
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    text = (
+        "          runbook_url: docs/runbook.md#intuneexporterdown\n"
+        "              runbook_url: 'https://old.example/runbook.md#intuneexportershardmissing'\n"
+        f"          runbook_url: {links.APNS_RENEW}\n"
+    )
+    assert gen.with_runbook_base(text, "https://wiki.example.com/intune") == (
+        "          runbook_url: https://wiki.example.com/intune#intuneexporterdown\n"
+        "              runbook_url: 'https://wiki.example.com/intune#intuneexportershardmissing'\n"
+        f"          runbook_url: {links.APNS_RENEW}\n"
+    )
+    result = _run(sys.executable, str(ROOT / "scripts" / "gen_prometheusrule.py"), "--check")
+    assert result.returncode == 0, result.stderr

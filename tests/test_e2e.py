@@ -128,9 +128,11 @@ EXPECTED_FIRING: tuple[Expected, ...] = (
     Expected("IntuneExporterTenantDown", "tailspin"),
     Expected("IntuneExporterAuthFailing", "tailspin"),
 )
-# Fires too, but only after tailspin's fourth failed poll; its own test waits for it.
-EXPECTED_STALE = Expected(
-    "IntuneExporterTenantDataStale", "tailspin", None, (("last_success", "never"),)
+# Fire too, but only after tailspin's fourth failed poll; their own test waits for them. The
+# rule judges each collector, and all three of tailspin's fail.
+EXPECTED_STALE = tuple(
+    Expected("IntuneExporterTenantDataStale", "tailspin", collector, (("last_success", "never"),))
+    for collector in ("ade", "vpp", "apns")
 )
 
 # Rules the demo must not raise for any tenant.
@@ -309,7 +311,12 @@ def _process_logs_on_failure(request: pytest.FixtureRequest, stack: Stack) -> It
 
 
 def _alert_key(labels: dict[str, str]) -> tuple[str, str, str | None]:
-    return (labels["alertname"], labels.get("tenant", ""), labels.get("token_name"))
+    """Name, tenant, and the token (or, for the exporter's per-collector alerts, the collector)."""
+    return (
+        labels["alertname"],
+        labels.get("tenant", ""),
+        labels.get("token_name", labels.get("collector")),
+    )
 
 
 def _firing(stack: Stack) -> dict[tuple[str, str, str | None], dict[str, Any]]:
@@ -420,7 +427,9 @@ def test_prometheus_loaded_and_evaluates_every_shipped_rule(stack: Stack) -> Non
     assert sorted(rule["name"] for rule in rules) == sorted(shipped)
     for rule in rules:
         assert rule["health"] == "ok", (rule["name"], rule.get("lastError"))
-        expected_for = FOR_OVERRIDES.get(rule["name"], DEFAULT_FOR)
+        # A rule without `for` (it fires at once) keeps none.
+        has_for = "for" in shipped[rule["name"]]
+        expected_for = FOR_OVERRIDES.get(rule["name"], DEFAULT_FOR) if has_for else "0s"
         assert rule["duration"] == float(expected_for.removesuffix("s")), rule["name"]
     stack.wait_for(
         "Prometheus to discover the Alertmanager",
@@ -474,7 +483,7 @@ def test_alerts_the_demo_data_must_not_raise_stay_silent(stack: Stack) -> None:
     tailspin_polls = float(polls[0]["value"][1])
     extra = set(keys) - {expected.key for expected in EXPECTED_FIRING}
     if tailspin_polls > 3:  # tailspin's stale alert may already be on its way (its own test)
-        extra.discard(EXPECTED_STALE.key)
+        extra -= {expected.key for expected in EXPECTED_STALE}
     assert extra == set()
     names = {key[0] for key in keys}
     assert names.isdisjoint(SILENT_RULES)
@@ -673,21 +682,26 @@ def test_every_dashboard_query_runs_and_returns_the_demo_data(stack: Stack) -> N
 
 
 def test_tenant_data_stale_fires_for_a_tenant_never_polled_successfully(stack: Stack) -> None:
-    def stale() -> dict[str, Any] | None:
-        return _firing(stack).get(EXPECTED_STALE.key)
+    keys = {expected.key for expected in EXPECTED_STALE}
 
-    alert = stack.wait_for(
-        "IntuneExporterTenantDataStale for tailspin (after its 4th failed poll)",
+    def stale() -> dict[tuple[str, str, str | None], dict[str, Any]] | None:
+        firing = {key: alert for key, alert in _firing(stack).items() if key in keys}
+        return firing if len(firing) == len(keys) else None
+
+    alerts = stack.wait_for(
+        "IntuneExporterTenantDataStale for each of tailspin's collectors (after its 4th poll)",
         stale,
         STALE_DEADLINE,
     )
-    assert alert["labels"]["last_success"] == "never"
-    assert alert["labels"]["severity"] == "critical"
-    polls = float(alert["value"])
-    assert polls > 3
-    assert (
-        f"None of the {polls:.0f} polls of tenant tailspin" in alert["annotations"]["description"]
-    )
+    for (_, _, collector), alert in alerts.items():
+        assert alert["labels"]["last_success"] == "never"
+        assert alert["labels"]["severity"] == "critical"
+        polls = float(alert["value"])
+        assert polls > 3
+        assert (
+            f"None of the {polls:.0f} polls of tenant tailspin since the exporter started has run"
+            f" its {collector} collector successfully" in alert["annotations"]["description"]
+        )
     others = [
         a["labels"]["tenant"]
         for a in stack.prometheus.alerts()
@@ -696,11 +710,13 @@ def test_tenant_data_stale_fires_for_a_tenant_never_polled_successfully(stack: S
     ]
     assert others == []
     stack.wait_for(
-        "the pager to receive tailspin's stale alert",
-        lambda: [
-            receiver
-            for receiver, _ in _delivered(stack).get(EXPECTED_STALE.key, [])
-            if receiver == "intune-critical"
-        ],
+        "the pager to receive tailspin's stale alerts",
+        lambda: (
+            all(
+                any(receiver == "intune-critical" for receiver, _ in _delivered(stack).get(key, []))
+                for key in keys
+            )
+            or None
+        ),
         STALE_DEADLINE,
     )

@@ -33,7 +33,9 @@ def _urls(path: Path) -> list[str]:
 @pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_https_addresses_come_from_links_module(path: Path) -> None:
     assert path.exists()
-    unknown = sorted(set(_urls(path)) - set(links.ALL))
+    # Our own runbook's sections are linked under its one base (docs/runbook.md#anchor).
+    ours = {url for url in _urls(path) if url.startswith(links.RUNBOOK_BASE + "#")}
+    unknown = sorted(set(_urls(path)) - set(links.ALL) - ours)
     assert unknown == [], f"{path.name} links pages missing from exporter/links.py"
 
 
