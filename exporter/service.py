@@ -26,7 +26,7 @@ from .graph import GraphClient, RetryPolicy
 from .kinds import KINDS
 from .metrics import TenantLines, exporter_samples
 from .pollers import TenantPoller
-from .proxies import proxy_for
+from .proxies import Proxies
 from .records import Sample
 from .scheduler import Scheduler, poll_deadline
 from .sharding import Shard
@@ -62,6 +62,7 @@ class Exporter:
         # MSAL's connections: one pool per trust setting, shared by every tenant with it.
         self._trust = TrustStore(ca_data, pool_size=workers)
         self._retry = retry
+        self._proxies = Proxies()  # HTTPS_PROXY and NO_PROXY as they were at start
         self._session: aiohttp.ClientSession | None = None
         self._scheduler = Scheduler(config.poll_interval, config.max_concurrency, clock)
         self._task: asyncio.Task[None] | None = None
@@ -136,7 +137,7 @@ class Exporter:
         config = self.config
         assert self._session is not None
         msal_http = self._trust.msal_client(
-            tenant.ca_file, config.request_timeout, proxy_for(tenant.authority_url)
+            tenant.ca_file, config.request_timeout, self._proxies.for_url(tenant.authority_url)
         )
         tokens = MsalTokenProvider(
             auth_settings(tenant, config.request_timeout),
@@ -152,7 +153,7 @@ class Exporter:
             ssl_context=self._trust.aiohttp_context(tenant.ca_file),
             retry=self._retry,
             on_response=self._request_counter(tenant.name),
-            proxy=proxy_for(tenant.graph_url),
+            proxy=self._proxies.for_url(tenant.graph_url),
             sleep=self._sleep,
         )
         collectors = [KINDS[c] for c in config.collectors_for(tenant)]

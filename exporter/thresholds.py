@@ -6,7 +6,7 @@ defaults), the status page from the tenant's state, the dashboards from the metr
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Final
 
 from .timetext import SECONDS_PER_DAY, SECONDS_PER_HOUR
@@ -24,7 +24,7 @@ class Thresholds:
 
     def items(self) -> list[tuple[str, float]]:
         """(threshold name, seconds), in declaration order: the metric's label values."""
-        return list(asdict(self).items())
+        return [(field.name, getattr(self, field.name)) for field in fields(self)]
 
 
 DEFAULT_THRESHOLDS: Final = Thresholds()
