@@ -10,7 +10,7 @@ environment per exporter (reading it per tenant walked all of `os.environ` 20,00
 from __future__ import annotations
 
 from urllib.parse import urlsplit
-from urllib.request import getproxies_environment, proxy_bypass_environment
+from urllib.request import getproxies_environment, proxy_bypass
 
 
 class Proxies:
@@ -29,7 +29,7 @@ class Proxies:
         return self._decided[key]
 
     def _decide(self, scheme: str, host: str) -> str | None:
-        if scheme not in self._proxies or proxy_bypass_environment(host, self._proxies):
+        if scheme not in self._proxies or proxy_bypass(host):  # once per host
             return None
         return self._proxies[scheme] or None
 
