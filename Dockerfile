@@ -6,7 +6,8 @@
 # The config is read from /etc/intune-apple-token-exporter/config.yaml (mount it there); secrets
 # come from files mounted beside it (client_secret_file, client_certificate_file,
 # federated_token_file) and never from the image. The image runs as UID/GID 65532 with a
-# read-only root filesystem: nothing is written at run time.
+# read-only root filesystem: the one thing written at run time is the kept state (each tenant's
+# last good records, --storage.path), in the volume /var/lib/intune-apple-token-exporter.
 
 # Pinned base; bump deliberately (and rebuild) for Python security releases.
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
@@ -45,6 +46,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 
+# Kept state across restarts (--storage.path): owned by the user the image runs as.
+RUN mkdir -p /var/lib/intune-apple-token-exporter \
+ && chown 65532:65532 /var/lib/intune-apple-token-exporter \
+ && chmod 0700 /var/lib/intune-apple-token-exporter
+VOLUME ["/var/lib/intune-apple-token-exporter"]
+
 # Numeric, so that Kubernetes' runAsNonRoot can verify it without an /etc/passwd entry.
 USER 65532:65532
 WORKDIR /
@@ -58,4 +65,4 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
   CMD ["python", "-c", "import os, ssl, sys, urllib.request; sys.exit(0 if urllib.request.urlopen(os.environ['HEALTHCHECK_URL'], timeout=4, context=ssl._create_unverified_context()).status == 200 else 1)"]
 
 ENTRYPOINT ["intune-apple-token-exporter"]
-CMD ["--config.file=/etc/intune-apple-token-exporter/config.yaml"]
+CMD ["--config.file=/etc/intune-apple-token-exporter/config.yaml", "--storage.path=/var/lib/intune-apple-token-exporter"]

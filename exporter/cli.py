@@ -12,13 +12,16 @@ import socket
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
 from . import __version__
 from .config import ExporterConfig, load_config
+from .config.durations import parse_duration
 from .logs import configure_logging
 from .server import DEFAULT_PORT, build_app, parse_listen_address, start_site
 from .service import Exporter
 from .sharding import Shard, ordinal_of
+from .storage import DEFAULT_WRITE_INTERVAL, StateFile, check_directory
 from .webconfig import WebConfig, load_web_config
 from .yaml_config import ConfigError
 
@@ -86,8 +89,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="Take --shard from the StatefulSet ordinal at the end of the pod name "
         "($POD_NAME, else the host name), e.g. exporter-2 is shard 2.",
     )
+    parser.add_argument(
+        "--storage.path",
+        dest="storage_path",
+        default=None,
+        help="A directory (existing, writable) to keep each tenant's last good records in "
+        "across restarts; default: in memory only.",
+    )
+    parser.add_argument(
+        "--storage.write-interval",
+        dest="storage_write_interval",
+        default="30s",
+        help="How often at most the kept state is written after a poll changed it (a duration).",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
+
+
+def storage_from_args(args: argparse.Namespace) -> tuple[StateFile | None, float]:
+    """The state file and write interval the flags name; ValueError names the flag."""
+    try:
+        interval = parse_duration(args.storage_write_interval)
+    except ValueError as exc:
+        raise ValueError(f"--storage.write-interval: {exc}") from None
+    if interval <= 0:
+        raise ValueError("--storage.write-interval: must be more than 0s")
+    if args.storage_path is None:
+        return None, interval
+    directory = Path(args.storage_path)
+    problem = check_directory(directory)
+    if problem is not None:
+        raise ValueError(f"--storage.path: {problem}")
+    return StateFile(directory), interval
 
 
 def shard_from_args(args: argparse.Namespace) -> Shard:
@@ -111,6 +144,8 @@ async def _run(
     *,
     ca_data: str | None = None,
     on_stop: Callable[[], Awaitable[None]] | None = None,
+    state_file: StateFile | None = None,
+    write_interval: float = DEFAULT_WRITE_INTERVAL,
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -124,7 +159,13 @@ async def _run(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal)
 
-    exporter = Exporter(config, shard=shard, ca_data=ca_data)
+    exporter = Exporter(
+        config,
+        shard=shard,
+        ca_data=ca_data,
+        state_file=state_file,
+        write_interval=write_interval,
+    )
     middleware = web_config.middleware() if web_config else None
     app = build_app(
         exporter.store,
@@ -168,7 +209,12 @@ async def _run(
 
 
 async def _run_demo(
-    web_config: WebConfig | None, host: str | None, port: int, shard: Shard
+    web_config: WebConfig | None,
+    host: str | None,
+    port: int,
+    shard: Shard,
+    state_file: StateFile | None,
+    write_interval: float,
 ) -> None:
     # Only the demo loads the simulator (and its throw-away CA).
     from .demo import demo_config, start_demo_cloud
@@ -179,7 +225,17 @@ async def _run_demo(
         "demo mode: simulated Entra ID and Graph",
         extra={"simulator": cloud.base_url, "tenants": len(config.tenants)},
     )
-    await _run(config, web_config, host, port, shard, ca_data=cloud.ca_pem, on_stop=cloud.stop)
+    await _run(
+        config,
+        web_config,
+        host,
+        port,
+        shard,
+        ca_data=cloud.ca_pem,
+        on_stop=cloud.stop,
+        state_file=state_file,
+        write_interval=write_interval,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -193,6 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     try:
         shard = shard_from_args(args)
+        state_file, write_interval = storage_from_args(args)
     except ValueError as exc:
         print(f"invalid flags: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -210,9 +267,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     with contextlib.suppress(KeyboardInterrupt):
         if config is None:
-            asyncio.run(_run_demo(web_config, host, port, shard))
+            asyncio.run(_run_demo(web_config, host, port, shard, state_file, write_interval))
         else:
-            asyncio.run(_run(config, web_config, host, port, shard))
+            asyncio.run(
+                _run(
+                    config,
+                    web_config,
+                    host,
+                    port,
+                    shard,
+                    state_file=state_file,
+                    write_interval=write_interval,
+                )
+            )
     return 0
 
 

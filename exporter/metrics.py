@@ -13,6 +13,7 @@ from .metric_spec import MetricSpec
 from .records import Sample
 from .sharding import Shard
 from .snapshot import SnapshotStore, TenantCounters, TenantState
+from .storage import StorageStats
 
 HEALTH_METRICS: Final = (
     MetricSpec(
@@ -123,6 +124,25 @@ EXPORTER_METRICS: Final = (
         "Tenants this process owns (all of them without sharding).",
         (),
     ),
+    # Only with --storage.path.
+    MetricSpec(
+        "intune_exporter_storage_last_write_timestamp_seconds",
+        "gauge",
+        "When the kept state was last written to --storage.path, as Unix time.",
+        (),
+    ),
+    MetricSpec(
+        "intune_exporter_storage_write_errors_total",
+        "counter",
+        "Writes of the kept state that failed (each is retried at the next write interval).",
+        (),
+    ),
+    MetricSpec(
+        "intune_exporter_storage_restored_records",
+        "gauge",
+        "Records served from the kept state at start, before this process polled them.",
+        (),
+    ),
 )
 
 
@@ -181,13 +201,20 @@ def tenant_samples(
         yield "intune_graph_requests_total", (name, code), float(count)
 
 
-def exporter_samples(poll_interval: float, shard: Shard, tenants: int) -> Iterator[Sample]:
-    """The exporter's own samples (not per tenant)."""
+def exporter_samples(
+    poll_interval: float, shard: Shard, tenants: int, storage: StorageStats | None = None
+) -> Iterator[Sample]:
+    """The exporter's own samples (not per tenant); the storage ones with --storage.path."""
     yield "intune_exporter_poll_interval_seconds", (), poll_interval
     yield "intune_exporter_build_info", (__version__,), 1.0
     yield "intune_exporter_shard_info", (str(shard.index), str(shard.total)), 1.0
     yield "intune_exporter_total_shards", (), float(shard.total)
     yield "intune_exporter_tenants", (), float(tenants)
+    if storage is not None:
+        if storage.last_write_at is not None:
+            yield "intune_exporter_storage_last_write_timestamp_seconds", (), storage.last_write_at
+        yield "intune_exporter_storage_write_errors_total", (), float(storage.write_errors)
+        yield "intune_exporter_storage_restored_records", (), float(storage.restored_records)
 
 
 class TenantLines:

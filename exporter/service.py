@@ -31,6 +31,7 @@ from .records import Sample
 from .scheduler import Scheduler, poll_deadline
 from .sharding import Shard
 from .snapshot import SnapshotStore
+from .storage import DEFAULT_WRITE_INTERVAL, StateFile, StateKeeper, restore
 from .tls import TrustStore
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ class Exporter:
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
+        state_file: StateFile | None = None,
+        write_interval: float = DEFAULT_WRITE_INTERVAL,
     ) -> None:
         self.config = config
         self._clock = clock  # judges progress for the liveness probe
@@ -79,6 +82,26 @@ class Exporter:
             )
         self._ready_logged = False
         self.store.subscribe(self._note_ready)
+        self.keeper: StateKeeper | None = None
+        self._keeper_task: asyncio.Task[None] | None = None
+        if state_file is not None:
+            self.keeper = self._restore(state_file, write_interval)
+
+    def _restore(self, state_file: StateFile, write_interval: float) -> StateKeeper:
+        """Serve what an earlier process kept, then keep writing it (--storage.path)."""
+        kept = state_file.load()
+        owned = {t.name: (t.tenant_id, t.cloud) for t in self.tenants}
+        restored = restore(self.store, kept, owned)
+        keeper = StateKeeper(state_file, self.store, write_interval)
+        keeper.stats.restored_records = restored
+        served = sum(1 for t in self.store.view().tenants if t.restored)
+        log.info(
+            "kept state read: serving its records until each tenant's first poll"
+            if served
+            else "no kept state to serve",
+            extra={"file": str(state_file.path), "tenants": served, "records": restored},
+        )
+        return keeper
 
     def _note_ready(self, name: str, state: object) -> None:
         if self._ready_logged or not self.store.ready or self._started_at is None:
@@ -124,7 +147,8 @@ class Exporter:
 
     def exporter_samples(self) -> Iterator[Sample]:
         """The exporter's own samples, as of now."""
-        return exporter_samples(self.config.poll_interval, self.shard, len(self.tenants))
+        stats = self.keeper.stats if self.keeper is not None else None
+        return exporter_samples(self.config.poll_interval, self.shard, len(self.tenants), stats)
 
     def _request_counter(self, tenant: str) -> Callable[[int], None]:
         def count(status: int) -> None:
@@ -188,6 +212,8 @@ class Exporter:
         self._started_at = self._clock()
         self._task = asyncio.create_task(self._scheduler.run(), name="scheduler")
         self._task.add_done_callback(self._scheduler_ended)
+        if self.keeper is not None:
+            self._keeper_task = asyncio.create_task(self.keeper.run(), name="storage")
 
     @staticmethod
     def _scheduler_ended(task: asyncio.Task[None]) -> None:
@@ -207,6 +233,13 @@ class Exporter:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
             self._task = None
+        if self._keeper_task is not None:
+            self._keeper_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper_task
+            self._keeper_task = None
+        if self.keeper is not None:
+            await self.keeper.write_if_changed()  # once more at clean shutdown
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -45,6 +45,8 @@ class TenantState:
     # What this tenant is judged by (config `thresholds`), exposed for the alert rules.
     thresholds: Thresholds = DEFAULT_THRESHOLDS
     polled: bool = False  # its first poll has finished, successfully or not
+    # Serving records kept on disk by an earlier process (--storage.path) until its first poll.
+    restored: bool = False
     last_success_at: float | None = None  # last poll in which every collector succeeded
     last_poll_duration: float | None = None
 
@@ -137,6 +139,36 @@ class SnapshotStore:
                 counts.poll_errors[(collector, reason)] += 0
         self._changed(name, state)
 
+    def restore(
+        self,
+        name: str,
+        kept: Mapping[str, tuple[Records, float]],
+        last_success_at: float | None,
+    ) -> int:
+        """Serve records an earlier process kept (collector -> (records, last success)) until
+        the tenant's first poll: its collectors stay down, the tenant stays not polled, so
+        `/-/ready` and `intune_tenant_collector_up` keep their meaning. Returns the records."""
+        previous = self._tenants.get(name)
+        if previous is None or previous.polled:
+            return 0
+        collectors = dict(previous.collectors)
+        restored = 0
+        for collector, (records, success_at) in kept.items():
+            if collector in collectors:  # one no longer enabled is dropped
+                collectors[collector] = CollectorState(records=records, last_success_at=success_at)
+                restored += len(records)
+        if collectors == dict(previous.collectors):
+            return 0
+        state = replace(
+            previous,
+            collectors=MappingProxyType(collectors),
+            last_success_at=last_success_at,
+            restored=True,
+        )
+        self._tenants[name] = state
+        self._changed(name, state)
+        return restored
+
     def remove_tenant(self, name: str) -> None:
         """Forget a tenant: its state and its counters (they go with it, as a process's do)."""
         state = self._tenants.pop(name, None)
@@ -183,6 +215,7 @@ class SnapshotStore:
             previous,
             collectors=MappingProxyType(collectors),
             polled=True,
+            restored=False,
             last_poll_duration=duration,
         )
         if state.up:

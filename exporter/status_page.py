@@ -91,14 +91,23 @@ def _tenant_row(tenant: TenantState) -> str:
         status = '<span class="up">up</span>'
     else:
         status = '<span class="down">down</span>'
-    errors = [
-        f"{escape(', '.join(names))}: {escape(text)}"
-        for text, names in _merged_errors(tenant).items()
-    ] + [
-        f"{escape(name)}: {escape(note)}"
-        for name, state in tenant.collectors.items()
-        for note in state.notes
-    ]
+    kept = (
+        ["served from kept state (an earlier process's last good records) until its first poll"]
+        if tenant.restored
+        else []
+    )
+    errors = (
+        kept
+        + [
+            f"{escape(', '.join(names))}: {escape(text)}"
+            for text, names in _merged_errors(tenant).items()
+        ]
+        + [
+            f"{escape(name)}: {escape(note)}"
+            for name, state in tenant.collectors.items()
+            for note in state.notes
+        ]
+    )
     return (
         f"<tr><td>{escape(tenant.name)}</td><td>{status}</td>"
         f"<td>{escape(tenant.tenant_id)}</td><td>{escape(tenant.cloud)}</td>"

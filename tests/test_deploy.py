@@ -37,6 +37,7 @@ OVERLAY = K8S / "overlays" / "workload-identity"
 SHARDED = K8S / "overlays" / "sharded"
 NAME = "intune-apple-token-exporter"
 CONFIG_PATH = "/etc/intune-apple-token-exporter/config.yaml"
+STATE = "/var/lib/intune-apple-token-exporter"  # --storage.path in the image and manifests
 PROJECTED_TOKEN = "/var/run/secrets/azure/tokens/azure-identity-token"
 # The newest schemas kubernetes-validate ships, and an older release still widely run.
 K8S_VERSIONS = (kubernetes_validate.latest_version(), "1.29")
@@ -108,7 +109,11 @@ def test_dockerfile_runtime_stage() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert json.loads(one(stage, "ENTRYPOINT")) == [NAME]
     assert NAME in pyproject["project"]["scripts"]
-    assert json.loads(one(stage, "CMD")) == [f"--config.file={CONFIG_PATH}"]
+    assert json.loads(one(stage, "CMD")) == [
+        f"--config.file={CONFIG_PATH}",
+        f"--storage.path={STATE}",
+    ]
+    assert json.loads(one(stage, "VOLUME")) == [STATE]
     assert one(stage, "EXPOSE") == "9893"
     labels = one(stage, "LABEL")
     for key in ("title", "description", "version", "licenses"):
@@ -463,7 +468,8 @@ def test_deployment_is_hardened() -> None:
     assert f"--config.file={CONFIG_PATH}" in c["args"]
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
     assert mounts[CONFIG_PATH]["subPath"] == "config.yaml"
-    assert all(m.get("readOnly") for p, m in mounts.items() if p != "/tmp")
+    # Read-only but for /tmp and the kept state (--storage.path).
+    assert all(m.get("readOnly") for p, m in mounts.items() if p not in ("/tmp", STATE))
 
 
 def test_service_and_servicemonitor_agree() -> None:
@@ -739,7 +745,7 @@ def test_compose_services_and_pinned_images() -> None:
         assert re.search(r"\d+\.\d+\.\d+", tag), f"{name}: tag {tag} is not a full version"
     exporter = services["exporter"]
     assert exporter["build"] == {"context": ".", "dockerfile": "Dockerfile"}
-    assert exporter["command"] == ["--demo"]
+    assert exporter["command"] == ["--demo", f"--storage.path={STATE}"]
     assert exporter["read_only"] is True
     assert exporter["user"] == one(final_stage(dockerfile_instructions()), "USER")
     for service in services.values():
@@ -833,3 +839,32 @@ def test_compose_grafana_provisioning_matches_mounts() -> None:
     ]
     assert home.startswith(dashboards_target + "/")
     assert (ROOT / "grafana" / "dashboards" / home.removeprefix(dashboards_target + "/")).is_file()
+
+
+def _state_mount(pod_spec: dict[str, Any]) -> dict[str, Any]:
+    container = pod_spec["containers"][0]
+    assert f"--storage.path={STATE}" in container["args"]
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == STATE]
+    assert not mount.get("readOnly")
+    return mount
+
+
+def test_kept_state_survives_what_each_deployment_promises() -> None:
+    """Base: an emptyDir on disk (container restarts, OOM kills); sharded: a volume claim per
+    shard (rescheduled pods); compose: a named volume."""
+    base = base_resources()["Deployment"]["spec"]["template"]["spec"]
+    mount = _state_mount(base)
+    (volume,) = [v for v in base["volumes"] if v["name"] == mount["name"]]
+    assert "emptyDir" in volume and volume["emptyDir"].get("medium") != "Memory"
+    statefulset = {d["kind"]: d for d in kustomize(SHARDED)}["StatefulSet"]
+    mount = _state_mount(statefulset["spec"]["template"]["spec"])
+    (claim,) = statefulset["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == mount["name"]
+    assert mount["name"] not in {
+        v["name"] for v in statefulset["spec"]["template"]["spec"]["volumes"]
+    }
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    exporter = compose["services"]["exporter"]
+    assert f"--storage.path={STATE}" in exporter["command"]
+    (named,) = [v for v in exporter["volumes"] if v.endswith(f":{STATE}")]
+    assert named.split(":")[0] in compose["volumes"]

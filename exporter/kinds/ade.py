@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Final
+from types import MappingProxyType
+from typing import Any, Final
 
 from .. import links
 from ..graphtime import parse_graph_datetime
@@ -83,6 +84,8 @@ class AdeTokenKind:
     title: Final = "ADE token"
     select_fallback: Final = True
     empty_note: Final = None
+    record_type: Final = AdeToken
+    unkept: Final[Mapping[str, Any]] = MappingProxyType({})
     metrics: Final = (
         MetricSpec(
             "intune_ade_token_info",

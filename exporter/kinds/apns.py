@@ -5,9 +5,10 @@ A tenant without a certificate answers 404; that is a state (`configured` 0), no
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Final
+from types import MappingProxyType
+from typing import Any, Final
 
 from .. import links
 from ..errors import GraphError
@@ -65,6 +66,10 @@ class ApnsCertificateKind:
     title: Final = "APNs certificate"
     select_fallback: Final = True
     empty_note: Final = "not configured in this tenant"
+    record_type: Final = ApnsCertificate
+    # Never on disk (--storage.path): a serial number identifies one certificate of one
+    # customer; a restored record has it empty until the first poll.
+    unkept: Final[Mapping[str, Any]] = MappingProxyType({"serial_number": ""})
     metrics: Final = (
         MetricSpec(
             "intune_apns_certificate_configured",

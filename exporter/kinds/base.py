@@ -9,7 +9,7 @@ one new module plus one registry line. (Its config name is still the `collect:` 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -62,6 +62,17 @@ class CredentialKind(Protocol):
     @property
     def empty_note(self) -> str | None:
         """What the status page says when a successful poll found nothing (None: say nothing)."""
+        ...
+
+    @property
+    def record_type(self) -> type[Any]:
+        """The dataclass of one record (the kept state on disk holds its fields)."""
+        ...
+
+    @property
+    def unkept(self) -> Mapping[str, Any]:
+        """Fields never written to disk (`--storage.path`), with the value a record read back
+        from disk gets until the next poll."""
         ...
 
     async def fetch(self, graph: GraphReader) -> Records:

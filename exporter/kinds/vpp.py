@@ -6,9 +6,10 @@ leaves it out) and never kept (the parser ignores it, should Graph send it anywa
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Final
+from types import MappingProxyType
+from typing import Any, Final
 
 from .. import links
 from ..graphtime import parse_graph_datetime
@@ -85,6 +86,8 @@ class VppTokenKind:
     title: Final = "VPP token"
     select_fallback: Final = False
     empty_note: Final = None
+    record_type: Final = VppToken
+    unkept: Final[Mapping[str, Any]] = MappingProxyType({})
     metrics: Final = (
         MetricSpec(
             "intune_vpp_token_info",
