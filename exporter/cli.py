@@ -18,6 +18,7 @@ from . import __version__
 from .config import ExporterConfig, load_config
 from .config.durations import parse_duration
 from .logs import configure_logging
+from .reload import Reloader
 from .server import DEFAULT_PORT, build_app, parse_listen_address, start_site
 from .service import Exporter
 from .sharding import Shard, ordinal_of
@@ -53,10 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="Exporter-toolkit web config (TLS, basic auth).",
     )
     parser.add_argument(
-        "--log.level", dest="log_level", default="info", choices=["debug", "info", "warn", "error"]
+        "--log.level",
+        dest="log_level",
+        default="info",
+        choices=["debug", "info", "warn", "error"],
+        help="Only log messages of this level or above (default: info).",
     )
     parser.add_argument(
-        "--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"]
+        "--log.format",
+        dest="log_format",
+        default="logfmt",
+        choices=["logfmt", "json"],
+        help="logfmt (key=value, as Prometheus logs) or json (one object per line).",
     )
     parser.add_argument(
         "--check-config",
@@ -88,6 +97,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="Take --shard from the StatefulSet ordinal at the end of the pod name "
         "($POD_NAME, else the host name), e.g. exporter-2 is shard 2.",
+    )
+    parser.add_argument(
+        "--web.enable-lifecycle",
+        dest="enable_lifecycle",
+        action="store_true",
+        help="Enable POST /-/reload (as Prometheus's flag does); SIGHUP reloads either way.",
+    )
+    parser.add_argument(
+        "--config.auto-reload-interval",
+        dest="auto_reload_interval",
+        default=None,
+        help="Check --config.file's content at this interval (a duration) and reload when it "
+        "changed; default: off.",
     )
     parser.add_argument(
         "--storage.path",
@@ -123,6 +145,16 @@ def storage_from_args(args: argparse.Namespace) -> tuple[StateFile | None, float
     return StateFile(directory), interval
 
 
+def auto_reload_from_args(args: argparse.Namespace) -> float | None:
+    """The auto-reload interval, or None (off); ValueError names the flag."""
+    if args.auto_reload_interval is None:
+        return None
+    try:
+        return parse_duration(args.auto_reload_interval)
+    except ValueError as exc:
+        raise ValueError(f"--config.auto-reload-interval: {exc}") from None
+
+
 def shard_from_args(args: argparse.Namespace) -> Shard:
     """The shard the flags name; raises ValueError with a message that names the flag."""
     index = args.shard
@@ -146,6 +178,9 @@ async def _run(
     on_stop: Callable[[], Awaitable[None]] | None = None,
     state_file: StateFile | None = None,
     write_interval: float = DEFAULT_WRITE_INTERVAL,
+    config_file: str | None = None,
+    lifecycle: bool = False,
+    auto_reload: float | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -166,6 +201,22 @@ async def _run(
         state_file=state_file,
         write_interval=write_interval,
     )
+    reloader = Reloader(config_file, exporter) if config_file is not None else None
+
+    async def reload() -> str | None:
+        if reloader is None:
+            return "--demo has no config file to reload"
+        return await reloader.reload()
+
+    background: set[asyncio.Task[object]] = set()
+
+    def on_sighup() -> None:
+        log.info("SIGHUP: reloading the configuration")
+        task: asyncio.Task[object] = asyncio.create_task(reload())
+        background.add(task)
+        task.add_done_callback(background.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     middleware = web_config.middleware() if web_config else None
     app = build_app(
         exporter.store,
@@ -173,6 +224,8 @@ async def _run(
         exporter_samples=exporter.exporter_samples,
         middlewares=[middleware] if middleware else [],
         health_problem=exporter.health_problem,
+        reload=reload,
+        lifecycle=lifecycle,
     )
     ssl_context = web_config.ssl_context() if web_config else None
     runner, bound = await start_site(app, host, port, ssl_context)
@@ -198,10 +251,18 @@ async def _run(
             },
         )
     await exporter.start()
+    watcher = (
+        asyncio.create_task(reloader.watch(auto_reload), name="config watcher")
+        if reloader is not None and auto_reload is not None
+        else None
+    )
     try:
         await stop.wait()
         log.info("shutting down")
     finally:
+        if watcher is not None:
+            watcher.cancel()
+        loop.remove_signal_handler(signal.SIGHUP)
         await exporter.close()
         await runner.cleanup()
         if on_stop is not None:
@@ -250,6 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         shard = shard_from_args(args)
         state_file, write_interval = storage_from_args(args)
+        auto_reload = auto_reload_from_args(args)
     except ValueError as exc:
         print(f"invalid flags: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -278,6 +340,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     shard,
                     state_file=state_file,
                     write_interval=write_interval,
+                    config_file=args.config_file,
+                    lifecycle=args.enable_lifecycle,
+                    auto_reload=auto_reload,
                 )
             )
     return 0

@@ -124,6 +124,18 @@ EXPORTER_METRICS: Final = (
         "Tenants this process owns (all of them without sharding).",
         (),
     ),
+    MetricSpec(
+        "intune_exporter_config_last_reload_successful",
+        "gauge",
+        "Whether the last configuration reload attempt was successful (1) or refused (0).",
+        (),
+    ),
+    MetricSpec(
+        "intune_exporter_config_last_reload_success_timestamp_seconds",
+        "gauge",
+        "When the configuration in force was loaded (at start or by the last good reload).",
+        (),
+    ),
     # Only with --storage.path.
     MetricSpec(
         "intune_exporter_storage_last_write_timestamp_seconds",
@@ -202,9 +214,17 @@ def tenant_samples(
 
 
 def exporter_samples(
-    poll_interval: float, shard: Shard, tenants: int, storage: StorageStats | None = None
+    poll_interval: float,
+    shard: Shard,
+    tenants: int,
+    storage: StorageStats | None = None,
+    reload_status: tuple[bool, float] | None = None,
 ) -> Iterator[Sample]:
     """The exporter's own samples (not per tenant); the storage ones with --storage.path."""
+    if reload_status is not None:
+        successful, loaded_at = reload_status
+        yield "intune_exporter_config_last_reload_successful", (), 1.0 if successful else 0.0
+        yield "intune_exporter_config_last_reload_success_timestamp_seconds", (), loaded_at
     yield "intune_exporter_poll_interval_seconds", (), poll_interval
     yield "intune_exporter_build_info", (__version__,), 1.0
     yield "intune_exporter_shard_info", (str(shard.index), str(shard.total)), 1.0

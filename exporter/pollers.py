@@ -62,6 +62,11 @@ class TenantPoller:
         self._clock = clock
         self._last_run: dict[str, float] = {}
 
+    def set_intervals(self, intervals: Mapping[str, float], poll_interval: float) -> None:
+        """New collector intervals (a reload); they apply from the next poll."""
+        self._intervals = dict(intervals)
+        self._poll_interval = poll_interval
+
     def due(self) -> tuple[CredentialKind, ...]:
         """The collectors this poll runs: every one, but those not yet due by their interval.
 

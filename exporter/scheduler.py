@@ -115,6 +115,9 @@ class Scheduler:
     def names(self) -> list[str]:
         return list(self._pollers)
 
+    def poller(self, name: str) -> TenantPoller | None:
+        return self._pollers.get(name)
+
     def add(self, poller: TenantPoller, offset: float | None = None) -> None:
         """Poll `poller` (at once if running); it replaces a poller of the same name."""
         self.remove(poller.name)

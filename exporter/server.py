@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Final, TypeVar
@@ -49,6 +49,8 @@ def build_app(
     middlewares: Sequence[Middleware] = (),
     clock: Callable[[], float] = time.time,
     health_problem: Callable[[], str | None] = lambda: None,
+    reload: Callable[[], Awaitable[str | None]] | None = None,
+    lifecycle: bool = False,
 ) -> web.Application:
     """The exporter's web application over a snapshot store and its rendered lines.
 
@@ -124,6 +126,15 @@ def build_app(
             },
         )
 
+    async def reload_config(request: web.Request) -> web.Response:
+        # Prometheus's answers: 403 unless the lifecycle API is on, 500 with the reason.
+        if not lifecycle or reload is None:
+            return web.Response(status=403, text="Lifecycle API is not enabled.\n")
+        problem = await reload()
+        if problem is not None:
+            return web.Response(status=500, text=f"failed to reload config: {problem}\n")
+        return web.Response(text="config reloaded\n")
+
     async def stop_render_pool(app: web.Application) -> None:
         render_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -132,6 +143,7 @@ def build_app(
     app.router.add_get("/-/healthy", health)
     app.router.add_get("/-/ready", ready)
     app.router.add_get("/", status)
+    app.router.add_post("/-/reload", reload_config)  # GET and others: 405
     app.on_cleanup.append(stop_render_pool)
     return app
 

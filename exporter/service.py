@@ -8,6 +8,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Final
 
 import aiohttp
 
@@ -72,16 +74,11 @@ class Exporter:
         self._started_at: float | None = None
         self._token_slots = asyncio.Semaphore(TOKEN_SLOTS)
         for tenant in self.tenants:
-            self.store.add_tenant(
-                tenant.name,
-                tenant.tenant_id,
-                tenant.cloud,
-                config.collectors_for(tenant),
-                intervals=config.intervals_for(tenant),
-                thresholds=config.thresholds_for(tenant),
-            )
+            self._add(tenant)  # pollers come with open()
         self._ready_logged = False
         self.store.subscribe(self._note_ready)
+        # (last reload successful, when the config last came into force): the reload metrics.
+        self.reload_status: tuple[bool, float] = (True, time.time())
         self.keeper: StateKeeper | None = None
         self._keeper_task: asyncio.Task[None] | None = None
         if state_file is not None:
@@ -148,7 +145,9 @@ class Exporter:
     def exporter_samples(self) -> Iterator[Sample]:
         """The exporter's own samples, as of now."""
         stats = self.keeper.stats if self.keeper is not None else None
-        return exporter_samples(self.config.poll_interval, self.shard, len(self.tenants), stats)
+        return exporter_samples(
+            self.config.poll_interval, self.shard, len(self.tenants), stats, self.reload_status
+        )
 
     def _request_counter(self, tenant: str) -> Callable[[int], None]:
         def count(status: int) -> None:
@@ -187,14 +186,82 @@ class Exporter:
             graph,
             self.store,
             tokens=tokens,
-            # A collector at the poll interval runs at every slot; only longer ones are skipped.
-            intervals={
-                name: interval
-                for name, interval in config.intervals_for(tenant).items()
-                if interval > config.poll_interval
-            },
+            intervals=self._skipping_intervals(tenant),
             poll_interval=config.poll_interval,
         )
+
+    def _skipping_intervals(self, tenant: TenantConfig) -> dict[str, float]:
+        """A collector at the poll interval runs at every slot; only longer ones are skipped."""
+        return {
+            name: interval
+            for name, interval in self.config.intervals_for(tenant).items()
+            if interval > self.config.poll_interval
+        }
+
+    async def apply(self, config: ExporterConfig) -> ReloadSummary:
+        """Put a new (validated) config in force, as a difference.
+
+        An added tenant is polled at once; a removed one stops, and its series and counters go.
+        A tenant whose clients depend on something that changed (credential, endpoints, cloud,
+        `ca_file`, `collect`, `request_timeout`) gets new clients and is polled at once, keeping
+        its last good values until that poll lands. An unchanged tenant keeps its clients, its
+        token cache and its slot: the reload costs it no request. A new poll interval or
+        concurrency applies from each tenant's next slot.
+        """
+        old_config, old = self.config, {t.name: t for t in self.tenants}
+        self.config = config
+        self.tenants = tuple(t for t in config.tenants if self.shard.owns(t.tenant_id))
+        new = {t.name: t for t in self.tenants}
+        await self._scheduler.set_limits(config.poll_interval, config.max_concurrency)
+        summary = ReloadSummary()
+        for name in old.keys() - new.keys():
+            self._scheduler.remove(name)
+            self.store.remove_tenant(name)
+            summary.removed.append(name)
+        for name, tenant in new.items():
+            before = old.get(name)
+            if before is None or before.tenant_id != tenant.tenant_id:
+                if before is not None:  # another directory under the same name
+                    self._scheduler.remove(name)
+                    self.store.remove_tenant(name)
+                self._add(tenant)
+                summary.added.append(name)
+                continue
+            if _clients_differ(old_config, before, config, tenant):
+                self.store.reconfigure(
+                    name,
+                    config.collectors_for(tenant),
+                    intervals=config.intervals_for(tenant),
+                    thresholds=config.thresholds_for(tenant),
+                    cloud=tenant.cloud,
+                )
+                if self._session is not None:
+                    self._scheduler.add(self._poller(tenant))  # polls at once when running
+                summary.changed.append(name)
+                continue
+            self.store.reconfigure(
+                name,
+                config.collectors_for(tenant),
+                intervals=config.intervals_for(tenant),
+                thresholds=config.thresholds_for(tenant),
+            )
+            poller = self._scheduler.poller(name)
+            if poller is not None:
+                poller.set_intervals(self._skipping_intervals(tenant), config.poll_interval)
+            summary.unchanged.append(name)
+        return summary
+
+    def _add(self, tenant: TenantConfig) -> None:
+        self.store.add_tenant(
+            tenant.name,
+            tenant.tenant_id,
+            tenant.cloud,
+            self.config.collectors_for(tenant),
+            intervals=self.config.intervals_for(tenant),
+            thresholds=self.config.thresholds_for(tenant),
+        )
+        if self._session is not None:
+            self._scheduler.add(self._poller(tenant))
 
     async def open(self) -> None:
         """Create the HTTP session and the pollers, without starting to poll."""
@@ -246,6 +313,33 @@ class Exporter:
         # A token request stuck in a thread must not hold up shutdown (it ends at its timeout).
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._trust.close()
+
+
+@dataclass
+class ReloadSummary:
+    """What a reload did, by tenant name (for the log)."""
+
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+
+
+# What a tenant's clients are not built from: a change of these keeps the clients.
+_NOT_IN_CLIENTS: Final = frozenset({"name", "thresholds", "collector_intervals"})
+
+
+def _clients_differ(
+    old_config: ExporterConfig, old: TenantConfig, config: ExporterConfig, new: TenantConfig
+) -> bool:
+    """Whether a tenant needs new clients: its credential, endpoints, cloud, `ca_file`,
+    collectors or the request timeout changed (secrets compare by value)."""
+    if old_config.request_timeout != config.request_timeout:
+        return True
+    if old_config.collectors_for(old) != config.collectors_for(new):
+        return True
+    keys = set(type(new).model_fields) - _NOT_IN_CLIENTS
+    return any(getattr(old, key) != getattr(new, key) for key in keys)
 
 
 def credential_source(tenant: TenantConfig) -> CredentialSource:

@@ -98,6 +98,9 @@ class SnapshotStore:
         self._counts: dict[str, _Counts] = {}
         self._listeners: list[Listener] = []
         self._unpolled = 0
+        # Ready stays ready: a tenant added later (a reload, a new GDAP customer) shows as not
+        # yet polled in its own health metrics, not as a process that stopped being ready.
+        self._was_ready = False
 
     def subscribe(self, listener: Listener) -> None:
         """Call `listener` on every change of a tenant, and now for every tenant already here."""
@@ -168,6 +171,37 @@ class SnapshotStore:
         self._tenants[name] = state
         self._changed(name, state)
         return restored
+
+    def reconfigure(
+        self,
+        name: str,
+        collectors: Sequence[str],
+        *,
+        intervals: Mapping[str, float] | None = None,
+        thresholds: Thresholds = DEFAULT_THRESHOLDS,
+        cloud: str | None = None,
+    ) -> None:
+        """A reloaded tenant's collectors, intervals, thresholds or cloud; the last good records
+        of the collectors it keeps stay until the next poll replaces them."""
+        previous = self._tenants.get(name)
+        if previous is None:
+            return
+        kept = {c: previous.collectors.get(c, CollectorState()) for c in collectors}
+        state = replace(
+            previous,
+            cloud=previous.cloud if cloud is None else cloud,
+            collectors=MappingProxyType(kept),
+            intervals=MappingProxyType(dict(intervals or {})),
+            thresholds=thresholds,
+        )
+        counts = self._counts[name]
+        for collector in collectors:
+            for reason in PRECREATED_REASONS:
+                counts.poll_errors[(collector, reason)] += 0
+        for key in [k for k in counts.poll_errors if k[0] not in kept]:
+            del counts.poll_errors[key]  # a collector turned off takes its counters with it
+        self._tenants[name] = state
+        self._changed(name, state)
 
     def remove_tenant(self, name: str) -> None:
         """Forget a tenant: its state and its counters (they go with it, as a process's do)."""
@@ -247,8 +281,10 @@ class SnapshotStore:
 
     @property
     def ready(self) -> bool:
-        """Every tenant has finished its first poll."""
-        return self._unpolled == 0
+        """Every tenant has finished its first poll (once true, it stays true)."""
+        if self._unpolled == 0:
+            self._was_ready = True
+        return self._was_ready
 
     @property
     def progress(self) -> tuple[int, int]:

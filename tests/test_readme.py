@@ -38,7 +38,7 @@ def test_every_flag_is_documented() -> None:
         for option in action.option_strings
         if option.startswith("--") and option != "--help"
     ]
-    assert len(flags) == 13
+    assert len(flags) == 15
     assert [flag for flag in flags if f"`{flag}`" not in README] == []
 
 

@@ -420,11 +420,16 @@ def test_the_real_process_keeps_state_across_a_restart(tmp_path: Path) -> None:
             tmp_path / log,
         )
         match = wait_for("listening", lambda: _LISTENING_RE.search(process.log()), 30.0, [process])
-        url = f"http://127.0.0.1:{match.group(1)}/-/ready"
-        wait_for("/-/ready", lambda: http_get(url)[0] == 200, 30.0, [process])
+        base = f"http://127.0.0.1:{match.group(1)}"
+        wait_for("/-/ready", lambda: http_get(f"{base}/-/ready")[0] == 200, 30.0, [process])
+        scraped.append(samples_by_name(http_get(f"{base}/metrics")[1]))
         return process
 
+    scraped: list[dict[str, list[tuple[dict[str, str], float]]]] = []
+
     first = run("first.log")
+    assert scraped[0]["intune_exporter_storage_restored_records"] == [({}, 0.0)]  # first start
+    assert scraped[0]["intune_exporter_storage_write_errors_total"] == [({}, 0.0)]
     first.stop()
     assert first.popen.returncode == 0
     doc = json.loads((state / FILE_NAME).read_text())
@@ -432,6 +437,9 @@ def test_the_real_process_keeps_state_across_a_restart(tmp_path: Path) -> None:
     assert "tailspin" not in doc["tenants"]  # never polled successfully: nothing to keep
 
     second = run("second.log")
+    kept = sum(len(c["records"]) for t in doc["tenants"].values() for c in t["collectors"].values())
+    assert scraped[1]["intune_exporter_storage_restored_records"] == [({}, float(kept))]
+    assert "intune_exporter_storage_last_write_timestamp_seconds" not in scraped[1]  # not yet
     second.stop()
     log = second.log()
     assert "kept state read: serving its records until each tenant's first poll" in log
