@@ -169,9 +169,12 @@ class MsalTokenProvider:
     async def _in_thread(self, call: Callable[[], _T]) -> _T:
         # The exporter's own pool (not asyncio.to_thread's default one): shutdown can abandon a
         # token request in flight instead of waiting for it, and so can the deadline.
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that
+        # arrives as the future completes, and shutdown then waits for a poll loop forever.
         future = asyncio.get_running_loop().run_in_executor(self._executor, call)
         try:
-            return await asyncio.wait_for(future, self._settings.deadline)
+            async with asyncio.timeout(self._settings.deadline):
+                return await future
         except TimeoutError:
             raise PollError(
                 "timeout",

@@ -226,6 +226,7 @@ async def _run(
         health_problem=exporter.health_problem,
         reload=reload,
         lifecycle=lifecycle,
+        discovery_summary=exporter.discovery_summary,
     )
     ssl_context = web_config.ssl_context() if web_config else None
     runner, bound = await start_site(app, host, port, ssl_context)
@@ -323,6 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.check_config:
         checked = "demo" if config is None else f"{args.config_file}: {len(config.tenants)} tenants"
+        if config is not None and config.gdap is not None:
+            checked += " and discovery.gdap (GDAP is not contacted by --check-config)"
         if web_config is not None:
             checked += f"; {args.web_config_file}: {web_config.summary()}"
         print(f"configuration is valid ({checked})")

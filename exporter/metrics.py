@@ -7,20 +7,21 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Final
 
 from . import __version__
+from .discovery import DiscoveryState
 from .exposition import Exposition, Layout, Lines, render_lines
 from .kinds import KINDS, CredentialKind
 from .metric_spec import MetricSpec
 from .records import Sample
 from .sharding import Shard
-from .snapshot import SnapshotStore, TenantCounters, TenantState
+from .snapshot import PRECREATED_REASONS, SnapshotStore, TenantCounters, TenantState
 from .storage import StorageStats
 
 HEALTH_METRICS: Final = (
     MetricSpec(
         "intune_tenant_info",
         "gauge",
-        "A configured tenant; always 1.",
-        ("tenant", "tenant_id", "cloud"),
+        "A tenant the exporter polls; always 1. source: config (listed in tenants:) or gdap.",
+        ("tenant", "tenant_id", "cloud", "source"),
     ),
     MetricSpec(
         "intune_tenant_up",
@@ -136,6 +137,37 @@ EXPORTER_METRICS: Final = (
         "When the configuration in force was loaded (at start or by the last good reload).",
         (),
     ),
+    # Only with discovery.gdap.
+    MetricSpec(
+        "intune_discovery_up",
+        "gauge",
+        "1 when the last GDAP discovery of customer tenants succeeded, else 0.",
+        (),
+    ),
+    MetricSpec(
+        "intune_discovery_last_success_timestamp_seconds",
+        "gauge",
+        "When GDAP discovery last succeeded, as Unix time; absent before the first success.",
+        (),
+    ),
+    MetricSpec(
+        "intune_discovery_tenants",
+        "gauge",
+        "Customer tenants the last successful GDAP discovery found, after include and exclude.",
+        (),
+    ),
+    MetricSpec(
+        "intune_discovery_errors_total",
+        "counter",
+        "Failed GDAP discoveries, by reason (the reasons of intune_tenant_poll_errors_total).",
+        ("reason",),
+    ),
+    MetricSpec(
+        "intune_discovery_refresh_interval_seconds",
+        "gauge",
+        "discovery.gdap.refresh_interval (IntuneExporterDiscoveryFailing uses it).",
+        (),
+    ),
     # Only with --storage.path.
     MetricSpec(
         "intune_exporter_storage_last_write_timestamp_seconds",
@@ -179,7 +211,7 @@ def tenant_samples(
         kind = kinds.get(collector_name)
         if kind is not None and collector.records is not None:
             yield from kind.samples(name, collector.records)
-    yield "intune_tenant_info", (name, state.tenant_id, state.cloud), 1.0
+    yield "intune_tenant_info", (name, state.tenant_id, state.cloud, state.source), 1.0
     yield "intune_tenant_up", (name,), 1.0 if state.up else 0.0
     if state.last_success_at is not None:
         yield "intune_tenant_last_successful_poll_timestamp_seconds", (name,), state.last_success_at
@@ -219,8 +251,19 @@ def exporter_samples(
     tenants: int,
     storage: StorageStats | None = None,
     reload_status: tuple[bool, float] | None = None,
+    discovery: tuple[DiscoveryState, float] | None = None,
 ) -> Iterator[Sample]:
-    """The exporter's own samples (not per tenant); the storage ones with --storage.path."""
+    """The exporter's own samples (not per tenant); the storage ones with --storage.path, the
+    discovery ones (state, refresh interval) with discovery.gdap."""
+    if discovery is not None:
+        state, refresh = discovery
+        yield "intune_discovery_up", (), 1.0 if state.up else 0.0
+        if state.last_success_at is not None:
+            yield "intune_discovery_last_success_timestamp_seconds", (), state.last_success_at
+        yield "intune_discovery_tenants", (), float(state.tenants)
+        for reason in sorted({*PRECREATED_REASONS, *state.errors}):
+            yield "intune_discovery_errors_total", (reason,), float(state.errors[reason])
+        yield "intune_discovery_refresh_interval_seconds", (), refresh
     if reload_status is not None:
         successful, loaded_at = reload_status
         yield "intune_exporter_config_last_reload_successful", (), 1.0 if successful else 0.0

@@ -50,6 +50,8 @@ class Reloader:
                 return message
             summary = await self._exporter.apply(config)
             self._exporter.reload_status = (True, self._clock())
+            # Discovery runs again at every reload; a failure keeps the customers found before.
+            await self._exporter.refresh_discovery()
             log.info(
                 "config reloaded",
                 extra={

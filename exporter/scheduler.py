@@ -194,8 +194,11 @@ class Scheduler:
         started = loop.time()
         try:
             # The token first, outside the Graph slot (within the poll's deadline).
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+            # that arrives as the token does, and this tenant's loop then outlives shutdown.
             try:
-                auth = await asyncio.wait_for(poller.authenticate(), deadline)
+                async with asyncio.timeout(deadline):
+                    auth = await poller.authenticate()
             except TimeoutError:
                 auth = PollError("timeout", f"no token from Entra ID within {deadline:g}s")
             async with self._limiter:

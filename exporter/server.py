@@ -51,6 +51,7 @@ def build_app(
     health_problem: Callable[[], str | None] = lambda: None,
     reload: Callable[[], Awaitable[str | None]] | None = None,
     lifecycle: bool = False,
+    discovery_summary: Callable[[], str | None] = lambda: None,
 ) -> web.Application:
     """The exporter's web application over a snapshot store and its rendered lines.
 
@@ -95,6 +96,12 @@ def build_app(
         for chunk in chunks:
             if chunk:
                 await response.write(chunk)
+            # A write that does not fill the buffer does not yield, so a scraper that hung up
+            # (scrape timeout) is only seen once the loop runs: yield, and stop writing then,
+            # instead of one asyncio "socket.send() raised exception" warning per chunk.
+            await asyncio.sleep(0)
+            if request.transport is None or request.transport.is_closing():
+                return response
         await response.write_eof()
         return response
 
@@ -115,7 +122,8 @@ def build_app(
 
     async def status(request: web.Request) -> web.Response:
         view = store.view()
-        page = await in_thread(partial(render_status_page, view, kinds, clock()))
+        summary = discovery_summary()
+        page = await in_thread(partial(render_status_page, view, kinds, clock(), summary))
         return web.Response(
             text=page,
             content_type="text/html",

@@ -24,6 +24,17 @@ from .auth import (
     MsalTokenProvider,
 )
 from .config import ExporterConfig, TenantConfig
+from .discovery import (
+    RETRY_AFTER_FAILURE,
+    Customer,
+    DiscoveryState,
+    count_filtered,
+    discovered_tenants,
+    failure_text,
+    fetch_customers,
+    merged,
+)
+from .errors import PollError
 from .graph import GraphClient, RetryPolicy
 from .kinds import KINDS
 from .metrics import TenantLines, exporter_samples
@@ -33,7 +44,8 @@ from .records import Sample
 from .scheduler import Scheduler, poll_deadline
 from .sharding import Shard
 from .snapshot import SnapshotStore
-from .storage import DEFAULT_WRITE_INTERVAL, StateFile, StateKeeper, restore
+from .storage import DEFAULT_WRITE_INTERVAL, KeptTenant, StateFile, StateKeeper, restore
+from .timetext import datetime_text
 from .tls import TrustStore
 
 log = logging.getLogger(__name__)
@@ -54,7 +66,12 @@ class Exporter:
         state_file: StateFile | None = None,
         write_interval: float = DEFAULT_WRITE_INTERVAL,
     ) -> None:
-        self.config = config
+        self.config = config  # in force: the listed tenants plus the discovered ones
+        self._base_config = config  # as loaded from the file
+        self._customers: list[Customer] = []  # what the last successful discovery found
+        self._partner: GraphClient | None = None  # reads the GDAP customers
+        self._discovery_task: asyncio.Task[None] | None = None
+        self.discovery = DiscoveryState() if config.gdap is not None else None
         self._clock = clock  # judges progress for the liveness probe
         self._sleep = sleep  # how Graph retries wait (tests record it instead)
         self.shard = shard or Shard()
@@ -73,13 +90,14 @@ class Exporter:
         self._task: asyncio.Task[None] | None = None
         self._started_at: float | None = None
         self._token_slots = asyncio.Semaphore(TOKEN_SLOTS)
+        self.keeper: StateKeeper | None = None
+        self._kept_unclaimed: dict[str, KeptTenant] = {}
         for tenant in self.tenants:
             self._add(tenant)  # pollers come with open()
         self._ready_logged = False
         self.store.subscribe(self._note_ready)
         # (last reload successful, when the config last came into force): the reload metrics.
         self.reload_status: tuple[bool, float] = (True, time.time())
-        self.keeper: StateKeeper | None = None
         self._keeper_task: asyncio.Task[None] | None = None
         if state_file is not None:
             self.keeper = self._restore(state_file, write_interval)
@@ -89,6 +107,8 @@ class Exporter:
         kept = state_file.load()
         owned = {t.name: (t.tenant_id, t.cloud) for t in self.tenants}
         restored = restore(self.store, kept, owned)
+        # Kept for tenants that come later: GDAP customers, found once discovery has answered.
+        self._kept_unclaimed = {name: t for name, t in kept.items() if name not in owned}
         keeper = StateKeeper(state_file, self.store, write_interval)
         keeper.stats.restored_records = restored
         served = sum(1 for t in self.store.view().tenants if t.restored)
@@ -145,8 +165,34 @@ class Exporter:
     def exporter_samples(self) -> Iterator[Sample]:
         """The exporter's own samples, as of now."""
         stats = self.keeper.stats if self.keeper is not None else None
+        gdap = self._base_config.gdap
+        discovery = (
+            (self.discovery, gdap.refresh_interval)
+            if self.discovery is not None and gdap is not None
+            else None
+        )
         return exporter_samples(
-            self.config.poll_interval, self.shard, len(self.tenants), stats, self.reload_status
+            self.config.poll_interval,
+            self.shard,
+            len(self.tenants),
+            stats,
+            self.reload_status,
+            discovery,
+        )
+
+    def discovery_summary(self) -> str | None:
+        """One line for the status page: how GDAP discovery is doing (None without it)."""
+        gdap, state = self._base_config.gdap, self.discovery
+        if gdap is None or state is None:
+            return None
+        found = f"{state.tenants} customers" if state.last_success_at is not None else "nothing"
+        last = datetime_text(state.last_success_at)
+        if state.up:
+            return f"GDAP discovery (partner {gdap.partner_tenant_id}): up, {found}; last {last}."
+        why = state.last_error or "not run yet"
+        return (
+            f"GDAP discovery (partner {gdap.partner_tenant_id}): failing ({why}); "
+            f"last success {last}; the tenants found before stay."
         )
 
     def _request_counter(self, tenant: str) -> Callable[[int], None]:
@@ -157,6 +203,21 @@ class Exporter:
 
     def _poller(self, tenant: TenantConfig) -> TenantPoller:
         """A tenant's token provider, Graph client and poller."""
+        config = self.config
+        tokens, graph = self._clients(tenant)
+        collectors = [KINDS[c] for c in config.collectors_for(tenant)]
+        return TenantPoller(
+            tenant.name,
+            collectors,
+            graph,
+            self.store,
+            tokens=tokens,
+            intervals=self._skipping_intervals(tenant),
+            poll_interval=config.poll_interval,
+        )
+
+    def _clients(self, tenant: TenantConfig) -> tuple[MsalTokenProvider, GraphClient]:
+        """A token provider and a Graph client for one tenant (or the GDAP partner)."""
         config = self.config
         assert self._session is not None
         msal_http = self._trust.msal_client(
@@ -179,16 +240,7 @@ class Exporter:
             proxy=self._proxies.for_url(tenant.graph_url),
             sleep=self._sleep,
         )
-        collectors = [KINDS[c] for c in config.collectors_for(tenant)]
-        return TenantPoller(
-            tenant.name,
-            collectors,
-            graph,
-            self.store,
-            tokens=tokens,
-            intervals=self._skipping_intervals(tenant),
-            poll_interval=config.poll_interval,
-        )
+        return tokens, graph
 
     def _skipping_intervals(self, tenant: TenantConfig) -> dict[str, float]:
         """A collector at the poll interval runs at every slot; only longer ones are skipped."""
@@ -199,7 +251,71 @@ class Exporter:
         }
 
     async def apply(self, config: ExporterConfig) -> ReloadSummary:
-        """Put a new (validated) config in force, as a difference.
+        """Put a new (validated) config in force, with the customers discovery found last."""
+        if config.gdap != self._base_config.gdap:
+            self._partner = None  # another partner, app or credential: new clients
+        if config.gdap is None:
+            self._customers, self.discovery = [], None
+        elif self.discovery is None:
+            self.discovery = DiscoveryState()
+        self._base_config = config
+        return await self._put_in_force(self._effective())
+
+    def _effective(self) -> ExporterConfig:
+        """The config as loaded, plus the discovered customers it does not list itself."""
+        base = self._base_config
+        if base.gdap is None:
+            return base
+        return merged(base, discovered_tenants(base.gdap, self._customers, base.tenants))
+
+    async def refresh_discovery(self) -> bool:
+        """Read the partner's GDAP customers and poll them; False when it failed (the last
+        discovered tenants then stay, and keep being polled)."""
+        gdap, state = self._base_config.gdap, self.discovery
+        if gdap is None or state is None:
+            return False
+        await self.open()
+        if self._partner is None:
+            _, self._partner = self._clients(gdap.partner)
+        try:
+            customers = await fetch_customers(self._partner)
+        except PollError as exc:
+            state.up = False
+            state.errors[exc.reason] += 1
+            state.last_error = failure_text(exc)
+            log.warning(
+                f"GDAP discovery failed; the tenants found before stay: {exc}",
+                extra={"reason": exc.reason, "partner_tenant_id": gdap.partner_tenant_id},
+            )
+            return False
+        self._customers = customers
+        state.up, state.last_success_at, state.last_error = True, time.time(), None
+        state.tenants = count_filtered(gdap, customers)
+        summary = await self._put_in_force(self._effective())
+        log.info(
+            "GDAP discovery",
+            extra={
+                "customers": state.tenants,
+                "added": len(summary.added),
+                "removed": len(summary.removed),
+            },
+        )
+        return True
+
+    async def _discover_forever(self) -> None:
+        """Discovery every refresh interval; sooner again after a failure."""
+        while True:
+            gdap = self._base_config.gdap
+            if gdap is None:
+                return
+            up = self.discovery is not None and self.discovery.up
+            await asyncio.sleep(
+                gdap.refresh_interval if up else min(gdap.refresh_interval, RETRY_AFTER_FAILURE)
+            )
+            await self.refresh_discovery()
+
+    async def _put_in_force(self, config: ExporterConfig) -> ReloadSummary:
+        """Put an effective config (listed and discovered tenants) in force, as a difference.
 
         An added tenant is polled at once; a removed one stops, and its series and counters go.
         A tenant whose clients depend on something that changed (credential, endpoints, cloud,
@@ -234,6 +350,7 @@ class Exporter:
                     intervals=config.intervals_for(tenant),
                     thresholds=config.thresholds_for(tenant),
                     cloud=tenant.cloud,
+                    source=tenant.source,
                 )
                 if self._session is not None:
                     self._scheduler.add(self._poller(tenant))  # polls at once when running
@@ -259,7 +376,14 @@ class Exporter:
             self.config.collectors_for(tenant),
             intervals=self.config.intervals_for(tenant),
             thresholds=self.config.thresholds_for(tenant),
+            source=tenant.source,
         )
+        kept = self._kept_unclaimed.pop(tenant.name, None)
+        if kept is not None and self.keeper is not None:
+            restored = restore(
+                self.store, {tenant.name: kept}, {tenant.name: (tenant.tenant_id, tenant.cloud)}
+            )
+            self.keeper.stats.restored_records += restored
         if self._session is not None:
             self._scheduler.add(self._poller(tenant))
 
@@ -276,6 +400,10 @@ class Exporter:
     async def start(self) -> None:
         """Open, then poll every tenant in the background until `close()`."""
         await self.open()
+        if self._base_config.gdap is not None:
+            # Before polling starts: ready means every customer found at start was polled once.
+            await self.refresh_discovery()
+            self._discovery_task = asyncio.create_task(self._discover_forever(), name="gdap")
         self._started_at = self._clock()
         self._task = asyncio.create_task(self._scheduler.run(), name="scheduler")
         self._task.add_done_callback(self._scheduler_ended)
@@ -300,6 +428,11 @@ class Exporter:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
             self._task = None
+        if self._discovery_task is not None:
+            self._discovery_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._discovery_task
+            self._discovery_task = None
         if self._keeper_task is not None:
             self._keeper_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

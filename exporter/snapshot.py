@@ -47,6 +47,7 @@ class TenantState:
     polled: bool = False  # its first poll has finished, successfully or not
     # Serving records kept on disk by an earlier process (--storage.path) until its first poll.
     restored: bool = False
+    source: str = "config"  # where the tenant came from: `tenants:` ("config") or "gdap"
     last_success_at: float | None = None  # last poll in which every collector succeeded
     last_poll_duration: float | None = None
 
@@ -121,6 +122,7 @@ class SnapshotStore:
         *,
         intervals: Mapping[str, float] | None = None,
         thresholds: Thresholds = DEFAULT_THRESHOLDS,
+        source: str = "config",
     ) -> None:
         """Register a tenant, so that it is visible (down, not polled) from the start."""
         state = TenantState(
@@ -130,6 +132,7 @@ class SnapshotStore:
             collectors=MappingProxyType({c: CollectorState() for c in collectors}),
             intervals=MappingProxyType(dict(intervals or {})),
             thresholds=thresholds,
+            source=source,
         )
         previous = self._tenants.get(name)
         if previous is not None and not previous.polled:
@@ -180,6 +183,7 @@ class SnapshotStore:
         intervals: Mapping[str, float] | None = None,
         thresholds: Thresholds = DEFAULT_THRESHOLDS,
         cloud: str | None = None,
+        source: str | None = None,
     ) -> None:
         """A reloaded tenant's collectors, intervals, thresholds or cloud; the last good records
         of the collectors it keeps stay until the next poll replaces them."""
@@ -190,6 +194,7 @@ class SnapshotStore:
         state = replace(
             previous,
             cloud=previous.cloud if cloud is None else cloud,
+            source=previous.source if source is None else source,
             collectors=MappingProxyType(kept),
             intervals=MappingProxyType(dict(intervals or {})),
             thresholds=thresholds,

@@ -112,7 +112,8 @@ def _tenant_row(tenant: TenantState) -> str:
         f"<tr><td>{escape(tenant.name)}</td><td>{status}</td>"
         f"<td>{escape(tenant.tenant_id)}</td><td>{escape(tenant.cloud)}</td>"
         f'<td class="nowrap">{datetime_text(tenant.last_success_at)}</td>'
-        f"<td>{'<br>'.join(errors) or '—'}</td></tr>"
+        f"<td>{'<br>'.join(errors) or '—'}</td>"
+        f"<td>{'GDAP discovery' if tenant.source == 'gdap' else 'config'}</td></tr>"
     )
 
 
@@ -152,7 +153,10 @@ def _note_row(tenant: str, kind: str, text: str, *, problem: bool = False) -> st
 
 
 def render_status_page(
-    view: StoreView, collectors: Mapping[str, CredentialKind], now: float
+    view: StoreView,
+    collectors: Mapping[str, CredentialKind],
+    now: float,
+    discovery: str | None = None,
 ) -> str:
     """The whole page. Every value from Graph or config is escaped; no secret is ever shown.
 
@@ -204,9 +208,10 @@ def render_status_page(
 <p>Apple credentials of every configured Intune tenant: {attention} of {len(assessed)} need
 attention. Those come first, soonest expiry first.
 <a href="/metrics">Metrics</a> · <a href="/-/ready">Readiness</a></p>
+{f'<p id="discovery">{escape(discovery)}</p>' if discovery else ""}
 <h2>Tenants</h2>
 <table id="tenants"><thead><tr><th>Tenant</th><th>Status</th><th>Tenant ID</th><th>Cloud</th>
-<th>Last successful poll</th><th>Last error</th></tr></thead>
+<th>Last successful poll</th><th>Last error</th><th>Source</th></tr></thead>
 <tbody>{tenant_rows}</tbody></table>
 <h2>Apple credentials</h2>
 <table id="credentials"><thead><tr><th>Tenant</th><th>Kind</th><th>Name</th><th>Apple ID</th>

@@ -1102,25 +1102,43 @@ def test_top_level_must_be_a_mapping(tmp_path: Path, text: str) -> None:
 def test_missing_tenants(tmp_path: Path) -> None:
     err = error_of(tmp_path, {"poll_interval": "10m"})
     assert err.key == "tenants"
-    assert err.problem == "list at least one tenant"
+    assert err.problem == "list at least one tenant, or configure discovery.gdap"
 
 
 def test_empty_tenants_list(tmp_path: Path) -> None:
     err = error_of(tmp_path, {"tenants": []})
     assert err.key == "tenants"
-    assert err.problem == "list at least one tenant"
+    assert err.problem == "list at least one tenant, or configure discovery.gdap"
 
 
-def test_gdap_discovery_is_refused_until_it_polls(tmp_path: Path) -> None:
+def test_gdap_discovery_alone_is_a_valid_config(tmp_path: Path) -> None:
     gdap = {
         "partner_tenant_id": TENANT_IDS[0],
         "client_id": CLIENT_ID,
         "client_secret": "s3cret-value",
+        "refresh_interval": "1h",
+        "include": ["^Contoso"],
     }
+    config = load(tmp_path, {"discovery": {"gdap": gdap}})
+    assert config.tenants == ()
+    assert config.gdap is not None and config.gdap.refresh_interval == 3600
+    assert config.gdap.wanted("Contoso Ltd") and not config.gdap.wanted("Fabrikam")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("refresh_interval", "1m", "must be at least 5m"),
+        ("include", ["(unclosed"], "not a valid regular expression"),
+        ("partner_tenant_id", "nope", "is not a GUID"),
+    ],
+)
+def test_gdap_discovery_is_validated(tmp_path: Path, key: str, value: Any, problem: str) -> None:
+    gdap = {"partner_tenant_id": TENANT_IDS[0], "client_id": CLIENT_ID, "client_secret": "s"}
+    gdap[key] = value
     err = error_of(tmp_path, {"discovery": {"gdap": gdap}})
-    assert err.key == "discovery.gdap"
-    assert err.problem.startswith("GDAP discovery is not available in this version yet")
-    assert "s3cret-value" not in str(err)
+    assert err.key.startswith(f"discovery.gdap.{key}")
+    assert problem in err.problem
 
 
 def test_missing_file(tmp_path: Path) -> None:

@@ -12,8 +12,8 @@ Alertmanager starts before Prometheus so that the first firing alerts have somew
 
 Timing is set by the demo, which polls each tenant every 15 s: IntuneExporterAuthFailing needs
 two samples of tailspin's auth error counter (its second poll comes ~27 s after start-up), and
-IntuneExporterTenantDataStale fires for tailspin only after its fourth failed poll (~57 s). The
-module takes about a minute; every wait polls with a deadline.
+IntuneExporterTenantDataStale fires for tailspin (and Adatum) only after the fourth failed poll
+(~57 s). The module takes about a minute; every wait polls with a deadline.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote_plus
 
 import pytest
 import yaml
@@ -76,6 +77,11 @@ ALERTS_DEADLINE = 75.0
 STALE_DEADLINE = 110.0
 
 TENANTS = ("contoso", "fabrikam", "northwind", "woodgrove", "tailspin")
+# Found through the demo partner's GDAP customers (Contoso, also configured, is not repeated).
+DISCOVERED = ("Alpine Ski House", "Litware Inc", "Adatum Corporation")
+ALL_TENANTS = TENANTS + DISCOVERED
+# Never polled successfully: tailspin's secret is wrong, Adatum never consented to the app.
+DOWN_TENANTS = ("tailspin", "Adatum Corporation")
 
 
 @dataclass(frozen=True)
@@ -125,13 +131,14 @@ EXPECTED_FIRING: tuple[Expected, ...] = (
         None,
         (("apple_id", "mdm-push@fabrikam.example"),),
     ),  # 12 d
-    Expected("IntuneExporterTenantDown", "tailspin"),
-    Expected("IntuneExporterAuthFailing", "tailspin"),
+    *(Expected("IntuneExporterTenantDown", tenant) for tenant in DOWN_TENANTS),
+    *(Expected("IntuneExporterAuthFailing", tenant) for tenant in DOWN_TENANTS),
 )
-# Fire too, but only after tailspin's fourth failed poll; their own test waits for them. The
-# rule judges each collector, and all three of tailspin's fail.
+# Fire too, but only after a down tenant's fourth failed poll; their own test waits for them.
+# The rule judges each collector, and all three of each down tenant's fail.
 EXPECTED_STALE = tuple(
-    Expected("IntuneExporterTenantDataStale", "tailspin", collector, (("last_success", "never"),))
+    Expected("IntuneExporterTenantDataStale", tenant, collector, (("last_success", "never"),))
+    for tenant in DOWN_TENANTS
     for collector in ("ade", "vpp", "apns")
 )
 
@@ -142,7 +149,7 @@ SILENT_RULES = (
     "IntuneExporterPermissionMissing",  # the demo never answers 403
     "IntuneExporterDown",
 )
-HEALTHY_TENANTS = ("contoso", "woodgrove")
+HEALTHY_TENANTS = ("contoso", "woodgrove", "Alpine Ski House", "Litware Inc")
 
 # Muted by the example's inhibit rules: they fire in Prometheus but never reach the pager. The
 # values are the alerts that may mute each: Alertmanager names only the first source it finds.
@@ -160,9 +167,12 @@ INHIBITED: dict[tuple[str, str, str | None], set[str]] = {
     },
     ("IntuneAdeTokenSyncStale", "northwind", "Northwind Shared"): {"IntuneAdeTokenExpired"},
     # May be delivered once before AuthFailing fires (it needs a second poll), muted after.
-    ("IntuneExporterTenantDown", "tailspin", None): {
-        "IntuneExporterAuthFailing",
-        "IntuneExporterTenantDataStale",
+    **{
+        ("IntuneExporterTenantDown", tenant, None): {
+            "IntuneExporterAuthFailing",
+            "IntuneExporterTenantDataStale",
+        }
+        for tenant in DOWN_TENANTS
     },
 }
 
@@ -173,9 +183,9 @@ EXPECTED_STATS = {
     (OVERVIEW_UID, "Expired"): 2,  # Northwind Shared, Fabrikam Education
     # Northwind School, Northwind Field, Fabrikam Education, Northwind Retail, Northwind Kiosk
     (OVERVIEW_UID, "Sync error or invalid state"): 5,
-    (OVERVIEW_UID, "Tenants failing to poll"): 1,
-    (EXPORTER_HEALTH_UID, "Tenants up"): 4,
-    (EXPORTER_HEALTH_UID, "Tenants down"): 1,
+    (OVERVIEW_UID, "Tenants failing to poll"): 2,  # tailspin, Adatum
+    (EXPORTER_HEALTH_UID, "Tenants up"): 6,
+    (EXPORTER_HEALTH_UID, "Tenants down"): 2,
     (EXPORTER_HEALTH_UID, "Poll interval"): 15,
 }
 
@@ -198,10 +208,15 @@ class Stack:
         return wait_for(what, probe, self.remaining(deadline), self.processes, describe)
 
 
-def _rules() -> dict[str, dict[str, Any]]:
-    """The shipped alert rules by name."""
+def _rule_list() -> list[dict[str, Any]]:
+    """The shipped alert rules, in file order (one alert may be written as several rules)."""
     groups = yaml.safe_load(RULES_FILE.read_text())["groups"]
-    return {rule["alert"]: rule for group in groups for rule in group["rules"] if "alert" in rule}
+    return [rule for group in groups for rule in group["rules"] if "alert" in rule]
+
+
+def _rules() -> dict[str, dict[str, Any]]:
+    """The shipped alert rules by name (the rules of one alert share severity and annotations)."""
+    return {rule["alert"]: rule for rule in _rule_list()}
 
 
 @pytest.fixture(scope="module")
@@ -412,7 +427,7 @@ def test_prometheus_scrapes_the_exporter(stack: Stack) -> None:
     up = stack.prometheus.query(f'up{{job="{EXPORTER_JOB}"}}')
     assert [sample["value"][1] for sample in up] == ["1"]
     tenants = stack.prometheus.query("intune_tenant_info")
-    assert sorted(sample["metric"]["tenant"] for sample in tenants) == sorted(TENANTS)
+    assert sorted(sample["metric"]["tenant"] for sample in tenants) == sorted(ALL_TENANTS)
 
 
 def test_prometheus_loaded_and_evaluates_every_shipped_rule(stack: Stack) -> None:
@@ -424,7 +439,7 @@ def test_prometheus_loaded_and_evaluates_every_shipped_rule(stack: Stack) -> Non
         return rules if done and rules else None
 
     rules = stack.wait_for("every rule to be evaluated", evaluated, STARTUP_TIMEOUT)
-    assert sorted(rule["name"] for rule in rules) == sorted(shipped)
+    assert sorted(rule["name"] for rule in rules) == sorted(rule["alert"] for rule in _rule_list())
     for rule in rules:
         assert rule["health"] == "ok", (rule["name"], rule.get("lastError"))
         # A rule without `for` (it fires at once) keeps none.
@@ -458,7 +473,8 @@ def test_every_alert_the_demo_data_should_raise_fires(stack: Stack) -> None:
             assert annotations.get(name) == rule["annotations"].get(name), (expected, name)
         assert "{{" not in annotations["description"]
         assert annotations["dashboard_url"].startswith("/d/intune-")
-        assert annotations["dashboard_url"].endswith(f"var-tenant={expected.tenant}")
+        # `urlquery` in the rule: "Adatum Corporation" becomes Adatum+Corporation.
+        assert annotations["dashboard_url"].endswith(f"var-tenant={quote_plus(expected.tenant)}")
 
     school = firing[("IntuneAdeTokenSyncError", "northwind", "Northwind School")]
     assert school["value"] in ("3e+00", "3")
@@ -479,20 +495,26 @@ def test_alerts_the_demo_data_must_not_raise_stay_silent(stack: Stack) -> None:
     active = stack.prometheus.alerts()  # pending and firing
     keys = [_alert_key(alert["labels"]) for alert in active]
     assert len(keys) == len(set(keys)), "two active alerts with the same name, tenant and token"
-    polls = stack.prometheus.query('intune_tenant_polls_total{tenant="tailspin"}')
-    tailspin_polls = float(polls[0]["value"][1])
+    polls = {
+        sample["metric"]["tenant"]: float(sample["value"][1])
+        for sample in stack.prometheus.query("intune_tenant_polls_total")
+    }
     extra = set(keys) - {expected.key for expected in EXPECTED_FIRING}
-    if tailspin_polls > 3:  # tailspin's stale alert may already be on its way (its own test)
-        extra -= {expected.key for expected in EXPECTED_STALE}
+    for expected in EXPECTED_STALE:  # may already be on its way (its own test)
+        if polls[expected.tenant] > 3:
+            extra.discard(expected.key)
     assert extra == set()
     names = {key[0] for key in keys}
     assert names.isdisjoint(SILENT_RULES)
     assert not [key for key in keys if key[1] in HEALTHY_TENANTS]
     assert not [
-        key for key in keys if key[0] == "IntuneExporterTenantDataStale" and key[1] != "tailspin"
+        key
+        for key in keys
+        if key[0] == "IntuneExporterTenantDataStale" and key[1] not in DOWN_TENANTS
     ]
     # The silence means something: the data these rules watch is there and fresh.
-    assert len(stack.prometheus.query("intune_apns_certificate_days_to_expiry > 7")) == 3
+    # contoso, fabrikam, woodgrove, Alpine Ski House, Litware Inc
+    assert len(stack.prometheus.query("intune_apns_certificate_days_to_expiry > 7")) == 5
     assert stack.prometheus.query(
         'increase(intune_tenant_poll_errors_total{reason="auth"}[1m]) > 0'
     )
@@ -532,7 +554,7 @@ def test_alertmanager_delivers_the_critical_alerts_with_their_links(stack: Stack
     delivered = stack.wait_for(
         "the pager to receive every alert not inhibited", all_delivered, ALERTS_DEADLINE, describe
     )
-    assert len(critical) == 8  # fabrikam 3, northwind 4, tailspin 1
+    assert len(critical) == 9  # fabrikam 3, northwind 4, tailspin 1, Adatum 1
     for key in critical | warning:
         rule = shipped[key[0]]
         severity = rule["labels"]["severity"]
@@ -614,7 +636,8 @@ def test_alertmanager_mails_render_the_notification_templates(stack: Stack) -> N
 
     def tailspin_auth_mail() -> Any:
         for mail in stack.pager.snapshot()[1]:
-            if "IntuneExporterAuthFailing" in mail.body("plain"):
+            plain = mail.body("plain")
+            if "IntuneExporterAuthFailing" in plain and "Tenant: tailspin" in plain:
                 return mail
         return None
 
@@ -674,7 +697,7 @@ def test_every_dashboard_query_runs_and_returns_the_demo_data(stack: Stack) -> N
 
     for variable in variables:
         values = {s["metric"][variable.label] for s in stack.prometheus.query(variable.as_promql())}
-        expected_values = {"job": {EXPORTER_JOB}, "tenant": set(TENANTS)}[variable.name]
+        expected_values = {"job": {EXPORTER_JOB}, "tenant": set(ALL_TENANTS)}[variable.name]
         assert values == expected_values, (variable.dashboard_uid, variable.name)
 
 
@@ -689,28 +712,28 @@ def test_tenant_data_stale_fires_for_a_tenant_never_polled_successfully(stack: S
         return firing if len(firing) == len(keys) else None
 
     alerts = stack.wait_for(
-        "IntuneExporterTenantDataStale for each of tailspin's collectors (after its 4th poll)",
+        "IntuneExporterTenantDataStale for each collector of each down tenant (after 4 polls)",
         stale,
         STALE_DEADLINE,
     )
-    for (_, _, collector), alert in alerts.items():
+    for (_, tenant, collector), alert in alerts.items():
         assert alert["labels"]["last_success"] == "never"
         assert alert["labels"]["severity"] == "critical"
         polls = float(alert["value"])
         assert polls > 3
         assert (
-            f"None of the {polls:.0f} polls of tenant tailspin since the exporter started has run"
+            f"None of the {polls:.0f} polls of tenant {tenant} since the exporter started has run"
             f" its {collector} collector successfully" in alert["annotations"]["description"]
         )
     others = [
         a["labels"]["tenant"]
         for a in stack.prometheus.alerts()
         if a["labels"]["alertname"] == "IntuneExporterTenantDataStale"
-        and a["labels"]["tenant"] != "tailspin"
+        and a["labels"]["tenant"] not in DOWN_TENANTS
     ]
     assert others == []
     stack.wait_for(
-        "the pager to receive tailspin's stale alerts",
+        "the pager to receive the down tenants' stale alerts",
         lambda: (
             all(
                 any(receiver == "intune-critical" for receiver, _ in _delivered(stack).get(key, []))

@@ -163,10 +163,18 @@ def _credentials(dom: TableParser) -> dict[tuple[str, str], Row]:
 
 def test_every_tenant_is_listed_with_its_status(dom: TableParser) -> None:
     tenants = {row.cells[0]: row for row in dom.tables["tenants"]}
-    assert list(tenants) == ["contoso", "fabrikam", "northwind", "woodgrove", "tailspin"]
-    for name in ("contoso", "fabrikam", "northwind", "woodgrove"):
+    configured = ["contoso", "fabrikam", "northwind", "woodgrove", "tailspin"]
+    discovered = ["Alpine Ski House", "Litware Inc", "Adatum Corporation"]
+    assert list(tenants) == configured + discovered
+    for name in ("contoso", "fabrikam", "northwind", "woodgrove", *discovered[:2]):
         assert tenants[name].cells[1] == "up", name
         assert tenants[name].cells[5] == "—", name
+    # The Source column: listed in tenants:, or found through the partner's GDAP customers.
+    assert [tenants[name].cells[6] for name in configured] == ["config"] * 5
+    assert [tenants[name].cells[6] for name in discovered] == ["GDAP discovery"] * 3
+    adatum = tenants["Adatum Corporation"]
+    assert adatum.cells[1] == "down"
+    assert "AADSTS700016" in adatum.cells[5] and "consent" in adatum.cells[5]
     tailspin = tenants["tailspin"]
     assert tailspin.cells[1] == "down"
     assert tailspin.cells[4] == "never"
@@ -190,7 +198,7 @@ def test_every_credential_is_listed_soonest_expiry_first(dom: TableParser) -> No
     ]
     assert len(woodgrove_ade) == 45  # three pages of Graph results
     apns = {tenant for (tenant, _), r in rows.items() if r.cells[1] == "APNs certificate"}
-    assert apns == {"contoso", "fabrikam", "woodgrove"}
+    assert apns == {"contoso", "fabrikam", "woodgrove", "Alpine Ski House", "Litware Inc"}
     assert not [key for key in rows if key[0] == "tailspin"]  # never polled successfully
     not_configured = [
         row.cells

@@ -435,6 +435,9 @@ def test_the_real_process_keeps_state_across_a_restart(tmp_path: Path) -> None:
     doc = json.loads((state / FILE_NAME).read_text())
     assert {"contoso", "fabrikam", "northwind", "woodgrove"} <= set(doc["tenants"])
     assert "tailspin" not in doc["tenants"]  # never polled successfully: nothing to keep
+    # GDAP customers are kept too, and restored once discovery lists them again.
+    assert {"Alpine Ski House", "Litware Inc"} <= set(doc["tenants"])
+    assert "Adatum Corporation" not in doc["tenants"]
 
     second = run("second.log")
     kept = sum(len(c["records"]) for t in doc["tenants"].values() for c in t["collectors"].values())

@@ -270,15 +270,8 @@ def _check_sections(config: ExporterConfig, doc: _Document) -> None:
     for name, seconds in config.collector_intervals.items():
         if seconds < config.poll_interval:
             doc.problem(f"collector_intervals.{name}", "must be at least poll_interval")
-    if config.gdap is not None:
-        # The schema is checked, but nothing polls what it would find yet: refuse rather than
-        # start an exporter that silently watches no customer.
-        doc.problem(
-            "discovery.gdap",
-            "GDAP discovery is not available in this version yet; list the tenants under tenants",
-        )
-    elif not config.tenants:
-        doc.problem("tenants", "list at least one tenant")
+    if not config.tenants and config.gdap is None:
+        doc.problem("tenants", "list at least one tenant, or configure discovery.gdap")
     for loc, section in sections:
         for name, seconds in (section.collector_intervals or {}).items():
             if seconds < config.poll_interval:

@@ -170,7 +170,8 @@ class GdapDiscovery(_AppCredential):
     @property
     def partner(self) -> TenantConfig:
         """The partner tenant, as a tenant to authenticate to (its customers are listed there)."""
-        return self.tenant(self.partner_tenant_id, "partner")
+        # A name no listed tenant can clash with in the request counters (brackets).
+        return self.tenant(self.partner_tenant_id, "[GDAP partner]")
 
 
 class DiscoveryConfig(_Model):

@@ -197,7 +197,39 @@ def demo_tenants(now: float) -> dict[str, SimTenant]:
     }
     for tenant in tenants.values():
         tenant.apps[app.client_id] = app
+    # The MSP's own tenant: its GDAP customers are the configured contoso (the configured entry
+    # wins), two healthy customers found only through GDAP, and one that never consented.
+    tenants["lucerne"] = SimTenant(
+        _id("lucerne"),
+        customers=[
+            _customer("contoso", "Contoso Ltd"),
+            _customer("alpine", "Alpine Ski House"),
+            _customer("litware", "Litware Inc"),
+            _customer("adatum", "Adatum Corporation"),
+        ],
+    )
+    tenants["lucerne"].apps[app.client_id] = app
+    tenants["alpine"] = SimTenant(
+        _id("alpine"),
+        ade_tokens=[_ade("alpine", "Alpine iPads", now, expires_in_days=140)],
+        vpp_tokens=[_vpp("alpine", "Alpine Apps", now, expires_in_days=230)],
+        apns_certificate=_apns("alpine", now, expires_in_days=180),
+    )
+    tenants["alpine"].apps[app.client_id] = app
+    tenants["litware"] = SimTenant(
+        _id("litware"),
+        ade_tokens=[_ade("litware", "Litware Macs", now, expires_in_days=260)],
+        apns_certificate=_apns("litware", now, expires_in_days=310),
+    )
+    tenants["litware"].apps[app.client_id] = app
+    # Adatum is a GDAP customer whose admin never consented: no service principal (AADSTS700016).
+    tenants["adatum"] = SimTenant(_id("adatum"))
     return tenants
+
+
+def _customer(key: str, display_name: str) -> dict[str, Any]:
+    """A `delegatedAdminCustomer` as Graph lists it (its id is the customer's tenant ID)."""
+    return {"id": _id(key), "tenantId": _id(key), "displayName": display_name}
 
 
 def demo_config(base_url: str) -> ExporterConfig:
@@ -216,6 +248,8 @@ def demo_config(base_url: str) -> ExporterConfig:
             for name in ("contoso", "fabrikam", "northwind", "woodgrove")
         ]
         + [{"name": "tailspin", "tenant_id": _id("tailspin"), "client_secret": "expired-secret"}],
+        # The partner's customers become tenants too (`source="gdap"` on intune_tenant_info).
+        "discovery": {"gdap": {"partner_tenant_id": _id("lucerne"), "refresh_interval": "1h"}},
     }
     return parse_config(raw, "<demo>")
 
