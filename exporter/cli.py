@@ -23,7 +23,7 @@ from .server import DEFAULT_PORT, build_app, parse_listen_address, start_site
 from .service import Exporter
 from .sharding import Shard, ordinal_of
 from .storage import DEFAULT_WRITE_INTERVAL, StateFile, check_directory
-from .webconfig import WebConfig, load_web_config
+from .web import WebConfig, load_web_config
 from .yaml_config import ConfigError
 
 log = logging.getLogger("exporter")

@@ -11,6 +11,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 
 class CredentialFileError(ValueError):
@@ -47,6 +48,16 @@ def read_text_file(path: Path, what: str) -> str:
     return text
 
 
+def key_matches_certificate(key: PrivateKeyTypes, certificate: x509.Certificate) -> bool:
+    """True if `certificate` holds the public half of `key`.
+
+    Compared as DER SubjectPublicKeyInfo, which is the same for a key of any type; also used by
+    the web config for its TLS server certificate.
+    """
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return key.public_key().public_bytes(*spki) == certificate.public_key().public_bytes(*spki)
+
+
 def load_certificate(path: Path, password: str | None) -> CertificateCredential:
     """Load a PEM holding the private key and the certificate (chain) for certificate auth."""
     pem = read_text_file(path, "certificate file")
@@ -79,15 +90,7 @@ def load_certificate(path: Path, password: str | None) -> CertificateCredential:
         certs = x509.load_pem_x509_certificates(data)
     except ValueError:
         raise CredentialFileError(f"{str(path)!r} holds no PEM certificate") from None
-    leaf_public = (
-        certs[0]
-        .public_key()
-        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
-    key_public = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    if leaf_public != key_public:
+    if not key_matches_certificate(key, certs[0]):
         raise CredentialFileError(
             f"the first certificate in {str(path)!r} does not match its private key"
         )

@@ -237,7 +237,7 @@ def test_every_copied_file_exists_and_is_in_the_build_context() -> None:
         "grafana/dashboards/x.json",
     ):
         assert dockerignore_excludes(kept_out), kept_out
-    assert not dockerignore_excludes("exporter/webconfig.py")
+    assert not dockerignore_excludes("exporter/web/config.py")
 
 
 # --------------------------------------------------------------------------------------------
@@ -868,3 +868,28 @@ def test_kept_state_survives_what_each_deployment_promises() -> None:
     assert f"--storage.path={STATE}" in exporter["command"]
     (named,) = [v for v in exporter["volumes"] if v.endswith(f":{STATE}")]
     assert named.split(":")[0] in compose["volumes"]
+
+
+AUTO_RELOAD = K8S / "overlays" / "auto-reload"
+
+
+def test_auto_reload_overlay_rendered() -> None:
+    """A fixed-name ConfigMap mounted as a directory (a subPath mount never sees updates), and
+    the exporter told to check it."""
+    docs = kustomize(AUTO_RELOAD)
+    for doc in docs:
+        validate_manifest(doc)
+    by_kind = {d["kind"]: d for d in docs}
+    config_map = by_kind["ConfigMap"]
+    assert config_map["metadata"]["name"] == "intune-apple-token-exporter-config"  # no hash
+    assert config_map["data"]["config.yaml"] == (BASE / "config.yaml").read_text()
+    pod = by_kind["Deployment"]["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "config")
+    assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+    [container] = pod["containers"]
+    [mount] = [m for m in container["volumeMounts"] if m["name"] == "config"]
+    assert "subPath" not in mount and mount["readOnly"] is True
+    args = container["args"]
+    assert f"--config.file={mount['mountPath']}/config.yaml" in args
+    assert "--config.auto-reload-interval=30s" in args
+    assert len([a for a in args if a.startswith("--config.file=")]) == 1

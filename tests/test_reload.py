@@ -237,6 +237,54 @@ async def test_auto_reload_applies_a_changed_file(
     assert tenant_names(exporter) == {"contoso"}
 
 
+def kubelet_swap(mount: Path, doc: dict[str, Any], version: int) -> None:
+    """Update a ConfigMap volume as the kubelet's atomic writer does: the new files in a fresh
+    `..<timestamp>` directory, then the `..data` symlink swapped to it in one rename; the key
+    itself is a symlink to `..data/config.yaml` and never changes."""
+    fresh = mount / f"..2026_12_03_12_00_0{version}.000000001"
+    fresh.mkdir()
+    write(fresh / "config.yaml", doc)
+    (mount / "..data_tmp").symlink_to(fresh.name)
+    (mount / "..data_tmp").replace(mount / "..data")
+    if not (mount / "config.yaml").is_symlink():
+        (mount / "config.yaml").symlink_to("..data/config.yaml")
+
+
+async def test_auto_reload_sees_a_configmap_directory_mount_change(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """deploy/kubernetes/overlays/auto-reload mounts the ConfigMap as a directory (no subPath):
+    the watcher follows the kubelet's symlink swap."""
+    world.add("contoso", ade_tokens=[ade_item("contoso iPads")])
+    world.add("fabrikam", ade_tokens=[ade_item("fabrikam iPads")])
+    mount = tmp_path / "config"
+    mount.mkdir()
+    kubelet_swap(mount, document(world), 1)
+    from exporter.config import load_config
+
+    exporter = Exporter(load_config(mount / "config.yaml"), retry=FAST_RETRY)
+    world.exporters.append(exporter)
+    await exporter.start()
+    reloader = Reloader(str(mount / "config.yaml"), exporter)
+    real_sleep, ticks = asyncio.sleep, 0
+
+    async def tick(seconds: float) -> None:
+        nonlocal ticks
+        ticks += 1
+        if ticks == 2:
+            doc = document(world)
+            doc["tenants"] = doc["tenants"][1:]
+            kubelet_swap(mount, doc, 2)
+        if ticks == 3:
+            raise asyncio.CancelledError
+        await real_sleep(0)
+
+    monkeypatch.setattr("exporter.reload.asyncio.sleep", tick)
+    with pytest.raises(asyncio.CancelledError):
+        await reloader.watch(30)
+    assert tenant_names(exporter) == {"fabrikam"}
+
+
 async def test_sighup_reloads_the_real_process(world: World, tmp_path: Path) -> None:
     """The console script reloads on SIGHUP: a tenant added to the file appears in /metrics.
     The waits run in a thread: the simulated cloud answers on this test's event loop."""

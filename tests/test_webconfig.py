@@ -22,8 +22,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from exporter import webconfig
-from exporter.webconfig import WebConfig, load_web_config
+from exporter.web import WebConfig, load_web_config
+from exporter.web import config as webconfig
 from exporter.yaml_config import ConfigError
 
 PASSWORD = "s3cret-scrape-password"
