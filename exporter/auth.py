@@ -23,7 +23,7 @@ from msal.exceptions import MsalServiceError
 
 from .credentials import CredentialFileError, load_certificate, read_text_file
 from .entra_errors import AADSTS_HINTS, AADSTS_RE, describe_entra_error, entra_reason
-from .errors import AuthError, PollError
+from .errors import AuthError, PollError, network_hint
 from .msal_http import MsalHttpClient, TransportError, TransportTimeout
 
 log = logging.getLogger(__name__)
@@ -133,6 +133,9 @@ class MsalTokenProvider:
         self._http_client = http_client
         self._executor = executor
         self._app: msal.ConfidentialClientApplication | None = None
+        # notAfter of the certificate credential in use (None for a secret or a federated
+        # token): intune_exporter_credential_expiry_timestamp_seconds, no Graph call needed.
+        self.credential_expires_at: float | None = None
         self._credential_stamp: object = None
         self._lock = asyncio.Lock()
         # The token MSAL last gave, until MSAL itself would refresh it: asking MSAL's cache
@@ -204,6 +207,7 @@ class MsalTokenProvider:
             return read_text_file(source.path, "secret file")
         if isinstance(source, ClientCertificateFile):
             cert = load_certificate(source.path, source.password)
+            self.credential_expires_at = cert.not_after
             # public_certificate enables subject-name/issuer auth (x5c header); MSAL derives the
             # SHA-256 thumbprint from it.
             credential = {
@@ -264,7 +268,12 @@ class MsalTokenProvider:
         except TransportTimeout:
             raise PollError("timeout", f"timed out reaching the authority {authority}") from None
         except TransportError as exc:
-            raise PollError("network", f"cannot reach the authority {authority}: {exc}") from None
+            raise PollError(
+                "network",
+                network_hint(
+                    f"cannot reach the authority {authority}: {exc}", self._http_client.proxy
+                ),
+            ) from None
         except MsalServiceError as exc:
             # OIDC discovery answered 5xx: an outage at Entra ID, not the credential's fault.
             raise PollError(
@@ -284,7 +293,12 @@ class MsalTokenProvider:
         except CredentialFileError as exc:  # raised by the federated-token callable
             raise AuthError(f"cannot read the credential: {exc}") from None
         except TransportError as exc:
-            raise PollError("network", f"cannot reach Entra ID's token endpoint: {exc}") from None
+            raise PollError(
+                "network",
+                network_hint(
+                    f"cannot reach Entra ID's token endpoint: {exc}", self._http_client.proxy
+                ),
+            ) from None
         except MsalServiceError as exc:  # the token endpoint answered 5xx
             raise PollError("network", f"Entra ID's token endpoint failed: {exc}") from None
         except ValueError:  # MSAL could not decode the token endpoint's answer

@@ -25,6 +25,7 @@ class CertificateCredential:
     private_key_pem: str = field(repr=False)
     certificate_pem: str
     passphrase: str | None = field(default=None, repr=False)
+    not_after: float | None = None  # the leaf certificate's notAfter (Unix time)
 
 
 def read_text_file(path: Path, what: str) -> str:
@@ -96,4 +97,9 @@ def load_certificate(path: Path, password: str | None) -> CertificateCredential:
         )
     # Sending the whole chain (x5c) is what subject-name/issuer authentication needs.
     chain = "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certs)
-    return CertificateCredential(private_key_pem=pem, certificate_pem=chain, passphrase=password)
+    return CertificateCredential(
+        private_key_pem=pem,
+        certificate_pem=chain,
+        passphrase=password,
+        not_after=certs[0].not_valid_after_utc.timestamp(),
+    )

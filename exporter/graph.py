@@ -22,7 +22,7 @@ from aiohttp.helpers import strip_auth_from_url
 from yarl import URL
 
 from . import __version__
-from .errors import GraphError, PollError, Reason
+from .errors import GraphError, PollError, Reason, network_hint
 from .records import JsonObject
 
 
@@ -173,9 +173,11 @@ class GraphClient:
         self._on_response = on_response or (lambda status: None)
         self._sleep = sleep
         self._proxy: URL | None = None
+        self._shown_proxy: str | None = None  # credentials stripped: safe in an error's text
         self._proxy_headers: dict[str, str] | None = None
         if proxy is not None:
             self._proxy, auth = strip_auth_from_url(URL(proxy))
+            self._shown_proxy = str(self._proxy)
             if auth is not None:
                 self._proxy_headers = {"Proxy-Authorization": auth.encode()}
 
@@ -298,10 +300,16 @@ class GraphClient:
             ) from None
         except aiohttp.ClientSSLError as exc:
             raise PollError(
-                "network", f"GET {url.path}: TLS failure: {exc.__class__.__name__}"
+                "network",
+                network_hint(
+                    f"GET {url.path}: TLS failure: {exc.__class__.__name__}", self._shown_proxy
+                ),
             ) from None
         except aiohttp.ClientError as exc:
-            raise PollError("network", f"GET {url.path}: {exc.__class__.__name__}: {exc}") from None
+            raise PollError(
+                "network",
+                network_hint(f"GET {url.path}: {exc.__class__.__name__}: {exc}", self._shown_proxy),
+            ) from None
 
     @staticmethod
     def _decode(url: URL, body: bytes) -> JsonObject:

@@ -126,6 +126,13 @@ EXPORTER_METRICS: Final = (
         (),
     ),
     MetricSpec(
+        "intune_exporter_credential_expiry_timestamp_seconds",
+        "gauge",
+        "When the exporter's own certificate credential for the tenant expires (notAfter of the "
+        "leaf in client_certificate_file, Unix time); absent for a secret or a federated token.",
+        ("tenant",),
+    ),
+    MetricSpec(
         "intune_exporter_config_last_reload_successful",
         "gauge",
         "Whether the last configuration reload attempt was successful (1) or refused (0).",
@@ -252,6 +259,7 @@ def exporter_samples(
     storage: StorageStats | None = None,
     reload_status: tuple[bool, float] | None = None,
     discovery: tuple[DiscoveryState, float] | None = None,
+    credential_expiry: Iterable[tuple[str, float]] = (),
 ) -> Iterator[Sample]:
     """The exporter's own samples (not per tenant); the storage ones with --storage.path, the
     discovery ones (state, refresh interval) with discovery.gdap."""
@@ -273,6 +281,8 @@ def exporter_samples(
     yield "intune_exporter_shard_info", (str(shard.index), str(shard.total)), 1.0
     yield "intune_exporter_total_shards", (), float(shard.total)
     yield "intune_exporter_tenants", (), float(tenants)
+    for tenant, expires_at in credential_expiry:
+        yield "intune_exporter_credential_expiry_timestamp_seconds", (tenant,), expires_at
     if storage is not None:
         if storage.last_write_at is not None:
             yield "intune_exporter_storage_last_write_timestamp_seconds", (), storage.last_write_at

@@ -18,11 +18,12 @@ tell a network problem from a refused credential.
 
 from __future__ import annotations
 
+import re
 import ssl
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 from urllib.parse import unquote, urlencode, urlsplit
 
 import urllib3
@@ -82,6 +83,7 @@ class MsalHttpClient:
         proxy: str | None = None,
     ) -> None:
         self._timeout = urllib3.Timeout(total=timeout)
+        self.proxy = proxy  # for the hint in a network failure's text (shown without credentials)
         # The last answer each worker thread got: MSAL hands Entra's errors back as a dict
         # without the HTTP status or Retry-After, which tell throttling from a bad credential.
         self._local = threading.local()
@@ -142,13 +144,24 @@ class MsalHttpClient:
                 method, url, body=body, headers=request_headers, timeout=self._timeout
             )
         except NewConnectionError as exc:  # urllib3 files it under timeouts; it is not one
-            raise TransportError(f"cannot connect: {type(exc).__name__}") from None
+            raise TransportError(f"cannot connect: {type(exc).__name__}{_os_reason(exc)}") from None
         except Urllib3Timeout:
             raise TransportTimeout("no answer within the timeout") from None
         except (HTTPError, OSError) as exc:
-            raise TransportError(type(exc).__name__) from None
+            raise TransportError(f"{type(exc).__name__}{_os_reason(exc)}") from None
         headers = {name.lower(): value for name, value in response.headers.items()}
         self._local.last = (response.status, headers)
         return HttpResponse(
             response.status, response.data.decode("utf-8", errors="replace"), headers
         )
+
+
+_OS_REASON: Final = re.compile(r"\[Errno -?\d+\] ([A-Za-z][A-Za-z ,']*[A-Za-z])")
+
+
+def _os_reason(exc: BaseException) -> str:
+    """The operating system's words for a failed connection ("Connection refused", "Name or
+    service not known"), which tell DNS from a firewall. Only those words: urllib3's full text
+    can hold a proxy URL with its credentials."""
+    match = _OS_REASON.search(str(exc))
+    return f" ({match.group(1)})" if match else ""

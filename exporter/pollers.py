@@ -29,6 +29,11 @@ class Tokens(Protocol):
         """A valid access token; raises `PollError`."""
         ...
 
+    @property
+    def credential_expires_at(self) -> float | None:
+        """When the credential in use expires, where the exporter can tell (a certificate)."""
+        ...
+
 
 class TenantPoller:
     """Polls one tenant: every enabled credential kind, concurrently, sharing one token.
@@ -81,6 +86,11 @@ class TenantPoller:
             if interval is None or last is None or now - last >= interval - self._poll_interval / 2:
                 chosen.append(collector)
         return tuple(chosen)
+
+    @property
+    def credential_expires_at(self) -> float | None:
+        """When this tenant's own credential expires, where the exporter can tell."""
+        return self._tokens.credential_expires_at if self._tokens is not None else None
 
     async def authenticate(self) -> PollError | None:
         """Get the tenant's token (ahead of its Graph slot); the failure, if any."""

@@ -84,7 +84,7 @@ def _anchors(markdown: str) -> set[str]:
 def test_promtool_check_rules_is_clean() -> None:
     result = _run(_binary("promtool"), "check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 24 rules found" in result.stdout
+    assert "SUCCESS: 25 rules found" in result.stdout
 
 
 def test_promtool_unit_tests_pass() -> None:
@@ -164,7 +164,7 @@ def test_example_config_groups_by_tenant_and_has_one_webhook_url() -> None:
 
 def test_every_alert_follows_the_conventions() -> None:
     rules = _alert_rules()
-    assert len({rule["alert"] for rule in rules}) == 23
+    assert len({rule["alert"] for rule in rules}) == 24
     runbook_anchors = _anchors(RUNBOOK.read_text())
     from exporter import links
 

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import io
 import logging
+import time
 from pathlib import Path
 
 from cryptography import x509
@@ -14,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from exporter.demo.simulator import SimApp
 from exporter.logs import JsonFormatter, LogfmtFormatter
 
-from .conftest import CLIENT_ID, SECRET, World
+from .conftest import CLIENT_ID, SECRET, World, exposition, samples_by_name
 from .graph_data import VPP_SECRET_PREFIX, ade_item, apns_item, vpp_item
 
 
@@ -108,6 +109,37 @@ async def test_client_certificate_signs_an_assertion_with_x5c(world: World, tmp_
     thumbprint = base64.urlsafe_b64encode(hashlib.sha256(der).digest()).decode().rstrip("=")
     assert request.assertion_headers["x5t#S256"].rstrip("=") == thumbprint
     assert exporter.store.tenant("contoso").up
+
+
+async def test_the_certificate_credential_s_expiry_is_exported(
+    world: World, tmp_path: Path
+) -> None:
+    """intune_exporter_credential_expiry_timestamp_seconds: the leaf's notAfter, read from the
+    PEM (no Graph call), per tenant; a tenant on a client secret has none."""
+    key_pem, cert_pem = world.cloud.issue_client_certificate("exporter.contoso.example")
+    pem_file = tmp_path / "client.pem"
+    pem_file.write_text(key_pem + cert_pem)
+    world.add(
+        "contoso",
+        ade_tokens=[ade_item("A")],
+        app=SimApp(CLIENT_ID, certificate_pem=cert_pem),
+        credential={"client_certificate_file": str(pem_file)},
+    )
+    world.add("fabrikam", ade_tokens=[ade_item("B")])
+    exporter = await world.exporter(collect=["ade"])
+    assert not [s for s in exporter.exporter_samples() if "credential_expiry" in s[0]]  # unread
+
+    await exporter.poll_all_once()
+
+    not_after = x509.load_pem_x509_certificate(cert_pem.encode()).not_valid_after_utc.timestamp()
+    expiry = [s for s in exporter.exporter_samples() if "credential_expiry" in s[0]]
+    assert expiry == [
+        ("intune_exporter_credential_expiry_timestamp_seconds", ("contoso",), not_after)
+    ]
+    scraped = samples_by_name(exposition(exporter, time.time()))
+    assert scraped["intune_exporter_credential_expiry_timestamp_seconds"] == [
+        ({"tenant": "contoso"}, not_after)
+    ]
 
 
 async def test_encrypted_client_certificate_with_password(world: World, tmp_path: Path) -> None:

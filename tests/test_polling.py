@@ -629,6 +629,49 @@ async def test_without_the_ca_tls_verification_fails(world: World) -> None:
     error = error_of(exporter, "contoso", "ade")
     assert error.reason == "network"
     assert not world.cloud.token_requests
+    # What was tried, and the likely cause: here, a certificate nobody told the exporter to trust.
+    assert "connecting directly (no HTTPS_PROXY)" in error.message
+    assert "likely cause: TLS inspection" in error.message and "ca_file" in error.message
+
+
+async def test_an_unreachable_authority_names_what_was_tried_and_the_likely_causes(
+    world: World, unused_tcp_port: int
+) -> None:
+    world.add("contoso", ade_tokens=[ade_item("A")])
+    world.tenants[0]["authority_host"] = f"https://127.0.0.1:{unused_tcp_port}"
+    exporter = await world.exporter(collect=["ade"])
+
+    await exporter.poll_all_once()
+
+    error = error_of(exporter, "contoso", "ade")
+    assert error.reason == "network"
+    assert error.message.startswith(
+        f"cannot reach the authority https://127.0.0.1:{unused_tcp_port}/"
+    )
+    assert "[connecting directly (no HTTPS_PROXY); likely cause: nothing accepts connections" in (
+        error.message
+    )
+
+
+def test_network_hints_name_the_cause_and_never_the_proxy_credentials() -> None:
+    from exporter.errors import network_hint
+
+    proxy = "http://svc-user:s3cret@proxy.corp.example:3128"
+    dns = network_hint(
+        "GET /beta/x: ClientConnectorError: Cannot connect to host graph.microsoft.com:443 "
+        "[Name or service not known]",
+        proxy,
+    )
+    assert "through the proxy http://proxy.corp.example:3128" in dns
+    assert "likely cause: DNS" in dns
+    assert "s3cret" not in dns and "svc-user" not in dns
+    refused = network_hint("cannot reach Entra ID's token endpoint: ProxyError: refused", proxy)
+    assert "the proxy refused or failed the connection" in refused
+    other = network_hint("GET /beta/x: ServerDisconnectedError: gone", None)
+    assert other.endswith(
+        "[connecting directly (no HTTPS_PROXY); likely cause: DNS, a proxy (HTTPS_PROXY, "
+        "NO_PROXY), a firewall on outbound HTTPS (443) or TLS inspection]"
+    )
 
 
 async def test_a_collector_bug_costs_one_collector_one_poll(
