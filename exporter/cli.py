@@ -323,7 +323,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"invalid configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if args.check_config:
-        checked = "demo" if config is None else f"{args.config_file}: {len(config.tenants)} tenants"
+        count = 0 if config is None else len(config.tenants)
+        checked = (
+            "demo"
+            if config is None
+            else f"{args.config_file}: {count} tenant{'' if count == 1 else 's'}"
+        )
         if config is not None and config.gdap is not None:
             checked += " and discovery.gdap (GDAP is not contacted by --check-config)"
         if web_config is not None:

@@ -123,7 +123,17 @@ def build_app(
     async def status(request: web.Request) -> web.Response:
         view = store.view()
         summary = discovery_summary()
-        page = await in_thread(partial(render_status_page, view, kinds, clock(), summary))
+        page = await in_thread(
+            partial(
+                render_status_page,
+                view,
+                kinds,
+                clock(),
+                summary,
+                query=request.query.get("q", "")[:200],  # a filter, not a place for a document
+                problems_only=request.query.get("problems", "") in ("1", "on", "true"),
+            )
+        )
         return web.Response(
             text=page,
             content_type="text/html",

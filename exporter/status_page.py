@@ -23,7 +23,9 @@ th,td{border-bottom:1px solid #ddd;padding:.35rem .5rem;text-align:left;vertical
 th{background:#f3f3f3}
 .up{color:#1a7f37;font-weight:600}.down{color:#c62828;font-weight:600}
 tr.expired td{background:#fde2e1}tr.critical td{background:#fff0e0}
-tr.warning td{background:#fff8d6}td.problem{color:#c62828;font-weight:600}
+tr.warning td{background:#fff8d6}tr.nodata td{background:#fde2e1}tr.attention td{background:#fff8d6}
+td.problem{color:#c62828;font-weight:600}
+form{margin:1rem 0}input[type=search]{width:20rem;max-width:100%}
 .num{text-align:right;font-variant-numeric:tabular-nums}.nowrap{white-space:nowrap}
 footer{margin-top:2rem;color:#666;font-size:.8rem}
 """
@@ -134,8 +136,10 @@ def _credential_row(item: _Assessed, now: float) -> str:
         else age_text(row.last_sync_at, now)
     )
     problem = "; ".join(escape(p) for p in item.problems) or "—"
+    # Shaded by severity: expired, critical, warning by expiry; any other problem "attention".
+    css = item.level or ("attention" if item.problems else "")
     return (
-        f'<tr class="{item.level}"><td>{escape(item.tenant)}</td><td>{escape(row.kind)}</td>'
+        f'<tr class="{css}"><td>{escape(item.tenant)}</td><td>{escape(row.kind)}</td>'
         f'<td>{name}</td><td class="nowrap">{escape(row.apple_id) or "—"}</td>'
         f'<td class="num">{days}</td><td class="nowrap">{date_text(row.expires_at)}</td>'
         f'<td class="nowrap">{synced}</td>'
@@ -144,11 +148,48 @@ def _credential_row(item: _Assessed, now: float) -> str:
     )
 
 
-def _note_row(tenant: str, kind: str, text: str, *, problem: bool = False) -> str:
-    css = ' class="problem"' if problem else ""
+@dataclass(frozen=True)
+class _Note:
+    """A row without a credential: a collector with no data, or a credential not set up."""
+
+    tenant: str
+    kind: str
+    text: str
+    level: str  # "nodata" (the tenant's data is missing) or "attention" (nothing configured)
+
+    def html(self) -> str:
+        return (
+            f'<tr class="{self.level}"><td>{escape(self.tenant)}</td><td>{escape(self.kind)}</td>'
+            f'<td colspan="7" class="problem">{escape(self.text)}</td></tr>'
+        )
+
+    def matches(self, query: str) -> bool:
+        return query in f"{self.tenant}\n{self.kind}\n{self.text}".casefold()
+
+
+def _matches(item: _Assessed, query: str) -> bool:
+    """A case-insensitive substring of what a person would search a row by."""
+    row = item.row
+    text = "\n".join((item.tenant, row.kind, row.name, row.apple_id, *item.problems))
+    return query in text.casefold()
+
+
+def _tenant_matches(tenant: TenantState, query: str) -> bool:
+    return query in f"{tenant.name}\n{tenant.tenant_id}\n{tenant.source}".casefold()
+
+
+def _tenant_has_problem(tenant: TenantState) -> bool:
+    return not tenant.polled or not tenant.up or bool(_merged_errors(tenant))
+
+
+def _filter_form(query: str, problems_only: bool) -> str:
+    checked = " checked" if problems_only else ""
     return (
-        f"<tr><td>{escape(tenant)}</td><td>{escape(kind)}</td>"
-        f'<td colspan="7"{css}>{escape(text)}</td></tr>'
+        '<form method="get" action="/" role="search">'
+        f'<input type="search" name="q" value="{escape(query)}" '
+        'placeholder="tenant, tenant ID, token, Apple ID or problem" aria-label="Filter"> '
+        f'<label><input type="checkbox" name="problems" value="1"{checked}> only problems</label> '
+        '<button type="submit">Filter</button> <a href="/">clear</a></form>'
     )
 
 
@@ -157,15 +198,28 @@ def render_status_page(
     collectors: Mapping[str, CredentialKind],
     now: float,
     discovery: str | None = None,
+    *,
+    query: str = "",
+    problems_only: bool = False,
 ) -> str:
     """The whole page. Every value from Graph or config is escaped; no secret is ever shown.
 
-    Credentials that need attention (expired, expiring within 30 days, or with a problem) come
-    first, each group soonest expiry first.
+    Rows that need attention come first and are counted in the headline: a collector without
+    data (a tenant that is down), a credential not set up, then credentials expired, expiring
+    or with a problem, soonest expiry first; the healthy ones follow. `query` (`?q=`) keeps the
+    rows containing it, case-insensitively; `problems_only` (`?problems=1`) keeps those that
+    need attention. Filtering happens here, on the server: the page needs no script.
     """
-    tenant_rows = "".join(_tenant_row(tenant) for tenant in view.tenants)
+    wanted = query.strip().casefold()
+    tenants = [
+        tenant
+        for tenant in view.tenants
+        if (not wanted or _tenant_matches(tenant, wanted))
+        and (not problems_only or _tenant_has_problem(tenant))
+    ]
+    tenant_rows = "".join(_tenant_row(tenant) for tenant in tenants)
     assessed: list[_Assessed] = []
-    notes: list[str] = []
+    notes: list[_Note] = []
     for tenant in view.tenants:
         for name, state in tenant.collectors.items():
             collector = collectors.get(name)
@@ -173,31 +227,43 @@ def render_status_page(
                 continue
             if state.records is None:
                 if tenant.polled and state.last_error is not None:
-                    notes.append(
-                        _note_row(
-                            tenant.name,
-                            name,
-                            f"no data: {state.last_error.reason}: {state.last_error.message}",
-                            problem=True,
-                        )
-                    )
+                    error = state.last_error
+                    text = f"no data: {error.reason}: {error.message}"
+                    notes.append(_Note(tenant.name, name, text, "nodata"))
                 continue
             rows = collector.status_rows(state.records)
             assessed.extend(_assess(tenant.name, row, now, tenant.thresholds) for row in rows)
             if not rows and collector.empty_note:
-                notes.append(_note_row(tenant.name, collector.title, collector.empty_note))
+                notes.append(_Note(tenant.name, collector.title, collector.empty_note, "attention"))
+    total = len(assessed) + len(notes)
+    attention = len(notes) + sum(1 for item in assessed if item.needs_attention)
+    if wanted:
+        assessed = [item for item in assessed if _matches(item, wanted)]
+        notes = [note for note in notes if note.matches(wanted)]
+    if problems_only:
+        assessed = [item for item in assessed if item.needs_attention]
     assessed.sort(
         key=lambda item: (
             not item.needs_attention,
             item.days if item.days is not None else float("inf"),
         )
     )
-    credential_rows = "".join(_credential_row(item, now) for item in assessed) + "".join(notes)
+    shown = len(assessed) + len(notes)
+    # Missing data first (it hides whatever it would show), then the credentials needing care.
+    credential_rows = "".join(n.html() for n in notes if n.level == "nodata")
+    credential_rows += "".join(n.html() for n in notes if n.level != "nodata")
+    credential_rows += "".join(_credential_row(item, now) for item in assessed)
     if not credential_rows:
         credential_rows = (
-            '<tr><td colspan="9">No data yet: the first poll has not finished.</td></tr>'
+            '<tr><td colspan="9">No row matches the filter.</td></tr>'
+            if wanted or problems_only
+            else '<tr><td colspan="9">No data yet: the first poll has not finished.</td></tr>'
         )
-    attention = sum(1 for item in assessed if item.needs_attention)
+    filtered = (
+        f" Showing {shown} of {total} rows and {len(tenants)} of {len(view.tenants)} tenants."
+        if wanted or problems_only
+        else ""
+    )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -205,10 +271,11 @@ def render_status_page(
 <title>Intune Apple token exporter</title><style>{_STYLE}</style></head>
 <body>
 <h1>Intune Apple token exporter</h1>
-<p>Apple credentials of every configured Intune tenant: {attention} of {len(assessed)} need
-attention. Those come first, soonest expiry first.
+<p id="headline">Apple credentials of every configured Intune tenant: {attention} of {total} need
+attention. Those come first: missing data, then soonest expiry.{filtered}
 <a href="/metrics">Metrics</a> · <a href="/-/ready">Readiness</a></p>
 {f'<p id="discovery">{escape(discovery)}</p>' if discovery else ""}
+{_filter_form(query, problems_only)}
 <h2>Tenants</h2>
 <table id="tenants"><thead><tr><th>Tenant</th><th>Status</th><th>Tenant ID</th><th>Cloud</th>
 <th>Last successful poll</th><th>Last error</th><th>Source</th></tr></thead>

@@ -85,6 +85,7 @@ class Plan:
     generate_latest_scrapes: dict[int, int]  # per size: it is slow at 10,000
     health_seconds: float
     ready_timeout: float
+    page_loads: int = 5  # of each status page view
 
 
 FULL: Final = Plan((1000, 10000), 50, {1000: 20, 10000: 5}, 20.0, 600.0)
@@ -313,6 +314,8 @@ class SizeResult:
     scrapes: dict[str, Series] = field(default_factory=dict)
     health: list[float] = field(default_factory=list)
     health_scrapes: int = 0
+    # The status page: label -> (HTML bytes, latencies), beside /metrics plain.
+    pages: dict[str, Series] = field(default_factory=dict)
 
     @property
     def bound(self) -> float:
@@ -445,6 +448,26 @@ async def measure(plan: Plan, tenants: int, workdir: Path, log: Any) -> SizeResu
                 f"generate_latest {generate.median_ms:.0f} ms"
             )
 
+            # The status page as a person opens it: whole, filtered to one tenant, problems only.
+            views = {
+                "/": f"{base}/",
+                "/?q=<one tenant>": f"{base}/?q={tenant_name(tenants // 2)}",
+                "/?problems=1": f"{base}/?problems=1",
+            }
+            result.pages = {label: Series(label) for label in views}
+            for _ in range(plan.page_loads):
+                for label, url in views.items():
+                    seconds, body = await timed_get(session, url, PLAIN)
+                    result.pages[label].latencies.append(seconds)
+                    result.pages[label].wire_bytes = len(body)
+            log(
+                "  status page: "
+                + ", ".join(
+                    f"{label} {page.wire_bytes / 1e6:.2f} MB in {page.median_ms:.0f} ms"
+                    for label, page in result.pages.items()
+                )
+            )
+
             # Health while scrapes run back to back (alternating both kinds of header).
             prober = Child(
                 _prober_main, int(address.rsplit(":", 1)[1]), plan.health_seconds, name="prober"
@@ -518,6 +541,20 @@ def render_tables(results: list[SizeResult], plan: Plan) -> str:
                 f"| {r.tenants:,} | {r.series:,} | {r.body_bytes / 1e6:.1f} MB | {label} | "
                 f"{s.wire_bytes / 1e6:.2f} MB | {s.median_ms:.1f} ms | {s.p99_ms:.1f} ms | "
                 f"{ratio} |"
+            )
+    lines += [
+        "",
+        f"### The status page ({plan.page_loads} loads of each view, time to the last byte)",
+        "",
+        "| tenants | view | HTML | median | p99 | ratio to /metrics plain |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        plain = r.scrapes["ours, plain"].median_ms
+        for label, page in r.pages.items():
+            lines.append(
+                f"| {r.tenants:,} | `{label}` | {page.wire_bytes / 1e6:.2f} MB | "
+                f"{page.median_ms:.1f} ms | {page.p99_ms:.1f} ms | {page.median_ms / plain:.2f}x |"
             )
     lines += [
         "",
