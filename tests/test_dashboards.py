@@ -260,8 +260,8 @@ def _assert_thresholds(thresholds: dict[str, Any], title: str) -> None:
 def test_overview_stat_panels() -> None:
     stats = [p["title"] for p in iter_panels(DASHBOARDS[OVERVIEW_UID]) if p["type"] == "stat"]
     assert stats == [
-        "Expiring within 30 days",
-        "Expiring within 7 days",
+        "Expiring soon",
+        "Expiring very soon",
         "Expired",
         "Sync error or invalid state",
         "Tenants failing to poll",
@@ -545,6 +545,10 @@ VPP_TOKENS = [
 ]
 APNS_DAYS = {"contoso": 250, "fabrikam": 12, "woodgrove": 300}  # northwind has none
 TENANTS = ["contoso", "fabrikam", "northwind", "woodgrove", "tailspin"]  # tailspin: auth fails
+THRESHOLD_DAYS = {
+    "*": {"expiry_warning": 30, "expiry_critical": 7},
+    "contoso": {"expiry_warning": 210, "expiry_critical": 7},
+}
 
 
 def _token_id(kind: str, name: str) -> str:
@@ -581,6 +585,16 @@ def demo_series() -> list[dict[str, str]]:
             _series("intune_tenant_poll_duration_seconds", CONSTANT.format(0.4), tenant=tenant),
             _series("intune_tenant_polls_total", RISING.format(1), tenant=tenant),
         ]
+        # As the exporter exports them; contoso warns 210 days ahead (its own `thresholds:`).
+        for threshold, days in THRESHOLD_DAYS.get(tenant, THRESHOLD_DAYS["*"]).items():
+            out.append(
+                _series(
+                    "intune_tenant_threshold_seconds",
+                    CONSTANT.format(days * 86400),
+                    tenant=tenant,
+                    threshold=threshold,
+                )
+            )
         if up:
             out += [
                 _series(
@@ -743,9 +757,10 @@ def _expected_results() -> list[dict[str, Any]]:
     """Exact results of the queries whose numbers the dashboards are built around."""
     overview, health, table = OVERVIEW_UID, EXPORTER_HEALTH_UID, "Apple credentials"
     cases: list[tuple[str, list[dict[str, Any]]]] = [
-        # Fabrikam iPads (20 d), Fabrikam Macs (5 d), fabrikam's APNs certificate (12 d)
-        (_panel_expr(overview, "Expiring within 30 days"), _samples(("{}", 3))),
-        (_panel_expr(overview, "Expiring within 7 days"), _samples(("{}", 1))),
+        # Fabrikam iPads (20 d), Fabrikam Macs (5 d), fabrikam's APNs certificate (12 d), and
+        # Contoso iOS (200 d) by contoso's own 210-day warning threshold
+        (_panel_expr(overview, "Expiring soon"), _samples(("{}", 4))),
+        (_panel_expr(overview, "Expiring very soon"), _samples(("{}", 1))),
         # Northwind Shared, Fabrikam Education
         (_panel_expr(overview, "Expired"), _samples(("{}", 2))),
         # Northwind School (code 3), Fabrikam Education (expired), Northwind Retail (invalid),

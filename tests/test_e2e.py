@@ -178,8 +178,8 @@ INHIBITED: dict[tuple[str, str, str | None], set[str]] = {
 
 # Overview and health stat panels whose value the demo data fixes.
 EXPECTED_STATS = {
-    (OVERVIEW_UID, "Expiring within 30 days"): 3,  # Fabrikam iPads, Fabrikam Macs, fabrikam APNs
-    (OVERVIEW_UID, "Expiring within 7 days"): 1,  # Fabrikam Macs
+    (OVERVIEW_UID, "Expiring soon"): 3,  # Fabrikam iPads, Fabrikam Macs, fabrikam APNs
+    (OVERVIEW_UID, "Expiring very soon"): 1,  # Fabrikam Macs
     (OVERVIEW_UID, "Expired"): 2,  # Northwind Shared, Fabrikam Education
     # Northwind School, Northwind Field, Fabrikam Education, Northwind Retail, Northwind Kiosk
     (OVERVIEW_UID, "Sync error or invalid state"): 5,
