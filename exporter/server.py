@@ -16,6 +16,7 @@ from prometheus_client.exposition import gzip_accepted
 
 from .exposition import render_lines, render_snapshot, wants_openmetrics
 from .kinds import KINDS, CredentialKind
+from .memory import trim
 from .metrics import TenantLines
 from .records import Sample
 from .snapshot import SnapshotStore
@@ -101,8 +102,12 @@ def build_app(
             # instead of one asyncio "socket.send() raised exception" warning per chunk.
             await asyncio.sleep(0)
             if request.transport is None or request.transport.is_closing():
-                return response
-        await response.write_eof()
+                break
+        else:
+            await response.write_eof()
+        del chunks
+        # In the render thread, after this scrape's buffers are gone (see exporter.memory).
+        render_pool.submit(trim)
         return response
 
     async def health(request: web.Request) -> web.Response:
