@@ -271,7 +271,9 @@ class MsalTokenProvider:
             raise PollError(
                 "network",
                 network_hint(
-                    f"cannot reach the authority {authority}: {exc}", self._http_client.proxy
+                    f"cannot reach the authority {authority}: {exc}",
+                    self._http_client.proxy,
+                    exc.kind,
                 ),
             ) from None
         except MsalServiceError as exc:
@@ -296,7 +298,9 @@ class MsalTokenProvider:
             raise PollError(
                 "network",
                 network_hint(
-                    f"cannot reach Entra ID's token endpoint: {exc}", self._http_client.proxy
+                    f"cannot reach Entra ID's token endpoint: {exc}",
+                    self._http_client.proxy,
+                    exc.kind,
                 ),
             ) from None
         except MsalServiceError as exc:  # the token endpoint answered 5xx

@@ -251,13 +251,14 @@ async def _run(
                 "configured_tenants": len(config.tenants),
             },
         )
-    await exporter.start()
-    watcher = (
-        asyncio.create_task(reloader.watch(auto_reload), name="config watcher")
-        if reloader is not None and auto_reload is not None
-        else None
-    )
+    watcher: asyncio.Task[None] | None = None
     try:
+        await exporter.start()
+        watcher = (
+            asyncio.create_task(reloader.watch(auto_reload), name="config watcher")
+            if reloader is not None and auto_reload is not None
+            else None
+        )
         await stop.wait()
         log.info("shutting down")
     finally:

@@ -18,6 +18,7 @@ from typing import Final
 from .config import ExporterConfig, GdapDiscovery, TenantConfig
 from .errors import PollError, Reason
 from .graph import GraphClient
+from .timetext import datetime_text
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,8 @@ PAGE_SIZE: Final = 300  # Graph's largest $top for this collection
 # After a failed discovery, try again sooner than the refresh interval (as Prometheus's service
 # discovery does), so that a network blip at start does not leave the customers out for hours.
 RETRY_AFTER_FAILURE: Final = 300.0
+# The longest one discovery may take (every page, with Graph's retries) before it counts as failed.
+DISCOVERY_DEADLINE: Final = 300.0
 _GUID: Final = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")  # a tenant label holds none
 
@@ -82,16 +85,39 @@ def discovered_tenants(
     wanted = [
         c for c in customers if gdap.wanted(c.display_name) and c.tenant_id not in configured_ids
     ]
-    unique = {c.tenant_id: c for c in wanted}.values()  # one relationship per customer is enough
-    taken = Counter(_CONTROL.sub(" ", c.display_name).strip() for c in unique)
+    unique = list({c.tenant_id: c for c in wanted}.values())  # one relationship is enough
+    # Cut to the tenant name's limit first (Entra allows 256 characters, a name here 128), so
+    # that uniqueness is judged on the names actually used.
+    base = {c.tenant_id: _base_name(c) for c in unique}
+    taken = Counter(base.values())
     names = {t.name for t in configured}
     tenants = []
+    used: set[str] = set()
     for customer in unique:
-        name = _CONTROL.sub(" ", customer.display_name).strip() or customer.tenant_id
+        name = base[customer.tenant_id]
         if taken[name] > 1 or name in names:  # (names: the configured tenants')
-            name = f"{name} ({customer.tenant_id[:8]})"
-        tenants.append(gdap.tenant(customer.tenant_id, name[:128]))
+            name = f"{name[: MAX_NAME - _SUFFIX].rstrip()} ({customer.tenant_id[:8]})"
+        if name in names or name in used:  # still taken: the whole tenant id is unique
+            name = customer.tenant_id
+        used.add(name)
+        try:
+            tenants.append(gdap.tenant(customer.tenant_id, name))
+        except ValueError as exc:  # pydantic's; never expected, never fatal to discovery
+            log.warning(
+                "a GDAP customer is skipped: its name cannot be a tenant name",
+                extra={"tenant_id": customer.tenant_id, "problem": str(exc)[:200]},
+            )
     return tenants
+
+
+MAX_NAME: Final = 128  # a tenant name's length limit (TenantConfig)
+_SUFFIX: Final = len(" (12345678)")
+
+
+def _base_name(customer: Customer) -> str:
+    """The display name without control characters, cut to the limit and stripped again."""
+    name = _CONTROL.sub(" ", customer.display_name).strip()[:MAX_NAME].rstrip()
+    return name or customer.tenant_id
 
 
 def merged(config: ExporterConfig, discovered: Sequence[TenantConfig]) -> ExporterConfig:
@@ -108,3 +134,16 @@ def count_filtered(gdap: GdapDiscovery, customers: Sequence[Customer]) -> int:
 
 def failure_text(error: PollError) -> str:
     return f"{error.reason}: {error}"
+
+
+def summary_line(partner_tenant_id: str, state: DiscoveryState) -> str:
+    """How discovery is doing, in one line for the status page."""
+    found = f"{state.tenants} customers" if state.last_success_at is not None else "nothing"
+    last = datetime_text(state.last_success_at)
+    if state.up:
+        return f"GDAP discovery (partner {partner_tenant_id}): up, {found}; last {last}."
+    why = state.last_error or "not run yet"
+    return (
+        f"GDAP discovery (partner {partner_tenant_id}): failing ({why}); "
+        f"last success {last}; the tenants found before stay."
+    )

@@ -55,14 +55,19 @@ class GraphError(PollError):
         self.request_id = request_id
 
 
-_DNS_SIGNS: Final = (
-    "name or service not known",
-    "nodename nor servname",
-    "temporary failure in name resolution",
-    "failed to resolve",
-    "no address associated",
-    "getaddrinfo failed",
-    "cannot connect to host",  # aiohttp's wording for a failed resolve or connect
+# By how a connection failed, as the client library tells it (a `NetworkKind`); never guessed
+# from an error's text, which holds URLs and host names.
+_CAUSES: Final[dict[str, str]] = {
+    "dns": "DNS (the host does not resolve here), or a network that only reaches the internet "
+    "through a proxy (set HTTPS_PROXY)",
+    "tls": "TLS inspection by a proxy or firewall presenting its own certificate "
+    "(set ca_file to its CA)",
+    "proxy": "the proxy refused or failed the connection (is it up, does it need credentials?)",
+    "refused": "nothing accepts connections there "
+    "(a firewall, or a wrong authority_host/graph_endpoint)",
+}
+_ANY_CAUSE: Final = (
+    "DNS, a proxy (HTTPS_PROXY, NO_PROXY), a firewall on outbound HTTPS (443) or TLS inspection"
 )
 
 
@@ -70,36 +75,16 @@ def shown_proxy(proxy: str | None) -> str | None:
     """A proxy URL as it may be shown: scheme, host and port, never its credentials."""
     if proxy is None:
         return None
-    parts = urlsplit(proxy)
+    parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    host = parts.hostname or "?"
+    host = f"[{host}]" if ":" in host else host
     port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{parts.hostname}{port}"
+    return f"{parts.scheme}://{host}{port}"
 
 
-def network_hint(detail: str, proxy: str | None) -> str:
-    """`detail` (what was tried, and how it failed) with the likely causes, for the log and the
+def network_hint(detail: str, proxy: str | None, kind: str | None = None) -> str:
+    """`detail` (what was tried, and how it failed) with the likely cause, for the log and the
     status page: a network failure without a hint is the first hour's most common dead end."""
-    low = detail.lower()
     via = f"through the proxy {shown_proxy(proxy)}" if proxy else "directly (no HTTPS_PROXY)"
-    if proxy and "proxy" in low:
-        cause = "the proxy refused or failed the connection (is it up, does it need credentials?)"
-    elif "certificate" in low or "tls" in low or "ssl" in low:
-        cause = (
-            "TLS inspection by a proxy or firewall presenting its own certificate "
-            "(set ca_file to its CA)"
-        )
-    elif "refused" in low:
-        cause = (
-            "nothing accepts connections there "
-            "(a firewall, or a wrong authority_host/graph_endpoint)"
-        )
-    elif any(sign in low for sign in _DNS_SIGNS):
-        cause = (
-            "DNS (the host does not resolve here), a firewall blocking outbound HTTPS (443), "
-            "or a proxy that must be set in HTTPS_PROXY"
-        )
-    else:
-        cause = (
-            "DNS, a proxy (HTTPS_PROXY, NO_PROXY), a firewall on outbound HTTPS (443) "
-            "or TLS inspection"
-        )
+    cause = _CAUSES.get(kind or "", _ANY_CAUSE)
     return f"{detail} [connecting {via}; likely cause: {cause}]"

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import errno
 import json
 import random
+import socket
 import ssl
 import time
 import uuid
@@ -298,17 +300,10 @@ class GraphClient:
             raise PollError(
                 "timeout", f"GET {url.path}: no answer within {self._timeout.total:g}s"
             ) from None
-        except aiohttp.ClientSSLError as exc:
-            raise PollError(
-                "network",
-                network_hint(
-                    f"GET {url.path}: TLS failure: {exc.__class__.__name__}", self._shown_proxy
-                ),
-            ) from None
         except aiohttp.ClientError as exc:
+            detail, kind = _connection_failure(exc)
             raise PollError(
-                "network",
-                network_hint(f"GET {url.path}: {exc.__class__.__name__}: {exc}", self._shown_proxy),
+                "network", network_hint(f"GET {url.path}: {detail}", self._shown_proxy, kind)
             ) from None
 
     @staticmethod
@@ -337,3 +332,22 @@ async def _read_capped(response: aiohttp.ClientResponse, url: URL) -> bytes:
         if len(body) > MAX_BODY:
             raise too_large
     return bytes(body)
+
+
+def _connection_failure(exc: aiohttp.ClientError) -> tuple[str, str | None]:
+    """What failed, in words without aiohttp's SSLContext repr, and its kind for the hint."""
+    name = type(exc).__name__
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return f"TLS failure: {name}", "tls"
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        return f"{name}: cannot connect to the proxy", "proxy"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        where = f"{exc.host}:{exc.port}"
+        reason = exc.strerror or type(exc.os_error).__name__
+        dns = getattr(aiohttp, "ClientConnectorDNSError", None)  # aiohttp 3.10 and later
+        if (dns is not None and isinstance(exc, dns)) or isinstance(exc.os_error, socket.gaierror):
+            return f"{name}: cannot resolve {where} ({reason})", "dns"
+        if exc.errno == errno.ECONNREFUSED:
+            return f"{name}: cannot connect to {where} (connection refused)", "refused"
+        return f"{name}: cannot connect to {where} ({reason})", None
+    return f"{name}: {exc}", None

@@ -11,24 +11,25 @@ near what the process holds. Elsewhere than glibc it does nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 from collections.abc import Callable
 from typing import Final
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    # The symbols already loaded into this process: no `ldconfig` run, as find_library would.
     try:
-        libc = ctypes.CDLL(name)
-        trim: Callable[[int], int] = libc.malloc_trim
+        function = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):  # not glibc (musl, macOS)
         return None
+    function.argtypes = [ctypes.c_size_t]
+    function.restype = ctypes.c_int
+    trim: Callable[[int], int] = function
     return trim
 
 
 _TRIM: Final = _malloc_trim()
+# Smaller renders do not move RSS, and each trim walks every arena under its lock.
+WORTH_TRIMMING: Final = 1 << 20
 
 
 def trim() -> None:

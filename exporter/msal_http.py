@@ -23,16 +23,24 @@ import ssl
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Literal
 from urllib.parse import unquote, urlencode, urlsplit
 
 import urllib3
-from urllib3.exceptions import HTTPError, NewConnectionError
+from urllib3.exceptions import HTTPError, NameResolutionError, NewConnectionError, ProxyError
+from urllib3.exceptions import SSLError as Urllib3SSLError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
+
+# How a connection failed (exporter.errors.network_hint names the likely cause of each).
+NetworkKind = Literal["dns", "tls", "proxy", "refused"]
 
 
 class TransportError(Exception):
     """No HTTP answer: connection, TLS, proxy or protocol failure. The text names the kind."""
+
+    def __init__(self, message: str, kind: NetworkKind | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class TransportTimeout(TransportError):
@@ -144,11 +152,13 @@ class MsalHttpClient:
                 method, url, body=body, headers=request_headers, timeout=self._timeout
             )
         except NewConnectionError as exc:  # urllib3 files it under timeouts; it is not one
-            raise TransportError(f"cannot connect: {type(exc).__name__}{_os_reason(exc)}") from None
+            raise TransportError(
+                f"cannot connect: {type(exc).__name__}{_os_reason(exc)}", _kind(exc)
+            ) from None
         except Urllib3Timeout:
             raise TransportTimeout("no answer within the timeout") from None
         except (HTTPError, OSError) as exc:
-            raise TransportError(f"{type(exc).__name__}{_os_reason(exc)}") from None
+            raise TransportError(f"{type(exc).__name__}{_os_reason(exc)}", _kind(exc)) from None
         headers = {name.lower(): value for name, value in response.headers.items()}
         self._local.last = (response.status, headers)
         return HttpResponse(
@@ -165,3 +175,16 @@ def _os_reason(exc: BaseException) -> str:
     can hold a proxy URL with its credentials."""
     match = _OS_REASON.search(str(exc))
     return f" ({match.group(1)})" if match else ""
+
+
+def _kind(exc: BaseException) -> NetworkKind | None:
+    """What kind of failure urllib3 reports, from its exception types and the OS error."""
+    if isinstance(exc, NameResolutionError):
+        return "dns"
+    if isinstance(exc, ProxyError):
+        return "proxy"
+    if isinstance(exc, Urllib3SSLError | ssl.SSLError):
+        return "tls"
+    if "Connection refused" in _os_reason(exc):
+        return "refused"
+    return None

@@ -16,7 +16,7 @@ from prometheus_client.exposition import gzip_accepted
 
 from .exposition import render_lines, render_snapshot, wants_openmetrics
 from .kinds import KINDS, CredentialKind
-from .memory import trim
+from .memory import WORTH_TRIMMING, trim
 from .metrics import TenantLines
 from .records import Sample
 from .snapshot import SnapshotStore
@@ -105,9 +105,11 @@ def build_app(
                 break
         else:
             await response.write_eof()
+        size = response.content_length or 0
         del chunks
-        # In the render thread, after this scrape's buffers are gone (see exporter.memory).
-        render_pool.submit(trim)
+        if size >= WORTH_TRIMMING:
+            # In the render thread, after this scrape's buffers are gone (exporter.memory).
+            render_pool.submit(trim)
         return response
 
     async def health(request: web.Request) -> web.Response:

@@ -7,24 +7,14 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Final
 
 import aiohttp
 
-from .auth import (
-    TOKEN_SLOTS,
-    AuthSettings,
-    ClientCertificateFile,
-    ClientSecret,
-    ClientSecretFile,
-    CredentialSource,
-    FederatedTokenFile,
-    MsalTokenProvider,
-)
+from .auth import MsalTokenProvider
 from .config import ExporterConfig, TenantConfig
 from .discovery import (
+    DISCOVERY_DEADLINE,
     RETRY_AFTER_FAILURE,
     Customer,
     DiscoveryState,
@@ -33,20 +23,19 @@ from .discovery import (
     failure_text,
     fetch_customers,
     merged,
+    summary_line,
 )
 from .errors import PollError
 from .graph import GraphClient, RetryPolicy
 from .kinds import KINDS
 from .metrics import TenantLines, exporter_samples
 from .pollers import TenantPoller
-from .proxies import Proxies
 from .records import Sample
 from .scheduler import Scheduler, poll_deadline
 from .sharding import Shard
 from .snapshot import SnapshotStore
 from .storage import DEFAULT_WRITE_INTERVAL, KeptTenant, StateFile, StateKeeper, restore
-from .timetext import datetime_text
-from .tls import TrustStore
+from .tenant_setup import TenantClients, clients_differ
 
 log = logging.getLogger(__name__)
 
@@ -72,24 +61,25 @@ class Exporter:
         self._partner: GraphClient | None = None  # reads the GDAP customers
         self._discovery_task: asyncio.Task[None] | None = None
         self.discovery = DiscoveryState() if config.gdap is not None else None
+        self._discovery_lock = asyncio.Lock()  # one discovery at a time (timer, reload, start)
         self._clock = clock  # judges progress for the liveness probe
-        self._sleep = sleep  # how Graph retries wait (tests record it instead)
         self.shard = shard or Shard()
         self.tenants = tuple(t for t in config.tenants if self.shard.owns(t.tenant_id))
         self.store = SnapshotStore()
+        if config.gdap is not None:
+            self.store.hold()  # released once the first discovery has answered
         self.lines = TenantLines(self.store)
-        # One MSAL call blocks one thread; enough threads that polling slots never queue for one.
-        workers = config.max_concurrency + 4
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="msal")
-        # MSAL's connections: one pool per trust setting, shared by every tenant with it.
-        self._trust = TrustStore(ca_data, pool_size=workers)
-        self._retry = retry
-        self._proxies = Proxies()  # HTTPS_PROXY and NO_PROXY as they were at start
+        self._factory = TenantClients(
+            ca_data,
+            workers=config.max_concurrency + 4,
+            retry=retry,
+            sleep=sleep,
+            on_response=self._request_counter,
+        )
         self._session: aiohttp.ClientSession | None = None
         self._scheduler = Scheduler(config.poll_interval, config.max_concurrency, clock)
         self._task: asyncio.Task[None] | None = None
         self._started_at: float | None = None
-        self._token_slots = asyncio.Semaphore(TOKEN_SLOTS)
         self.keeper: StateKeeper | None = None
         self._kept_unclaimed: dict[str, KeptTenant] = {}
         for tenant in self.tenants:
@@ -190,15 +180,7 @@ class Exporter:
         gdap, state = self._base_config.gdap, self.discovery
         if gdap is None or state is None:
             return None
-        found = f"{state.tenants} customers" if state.last_success_at is not None else "nothing"
-        last = datetime_text(state.last_success_at)
-        if state.up:
-            return f"GDAP discovery (partner {gdap.partner_tenant_id}): up, {found}; last {last}."
-        why = state.last_error or "not run yet"
-        return (
-            f"GDAP discovery (partner {gdap.partner_tenant_id}): failing ({why}); "
-            f"last success {last}; the tenants found before stay."
-        )
+        return summary_line(gdap.partner_tenant_id, state)
 
     def _request_counter(self, tenant: str) -> Callable[[int], None]:
         def count(status: int) -> None:
@@ -223,29 +205,8 @@ class Exporter:
 
     def _clients(self, tenant: TenantConfig) -> tuple[MsalTokenProvider, GraphClient]:
         """A token provider and a Graph client for one tenant (or the GDAP partner)."""
-        config = self.config
         assert self._session is not None
-        msal_http = self._trust.msal_client(
-            tenant.ca_file, config.request_timeout, self._proxies.for_url(tenant.authority_url)
-        )
-        tokens = MsalTokenProvider(
-            auth_settings(tenant, config.request_timeout),
-            http_client=msal_http,
-            executor=self._executor,
-            slots=self._token_slots,
-        )
-        graph = GraphClient(
-            self._session,
-            tenant.graph_url,
-            tokens,
-            timeout=config.request_timeout,
-            ssl_context=self._trust.aiohttp_context(tenant.ca_file),
-            retry=self._retry,
-            on_response=self._request_counter(tenant.name),
-            proxy=self._proxies.for_url(tenant.graph_url),
-            sleep=self._sleep,
-        )
-        return tokens, graph
+        return self._factory.build(self._session, tenant, self.config.request_timeout)
 
     def _skipping_intervals(self, tenant: TenantConfig) -> dict[str, float]:
         """A collector at the poll interval runs at every slot; only longer ones are skipped."""
@@ -257,14 +218,30 @@ class Exporter:
 
     async def apply(self, config: ExporterConfig) -> ReloadSummary:
         """Put a new (validated) config in force, with the customers discovery found last."""
-        if config.gdap != self._base_config.gdap:
-            self._partner = None  # another partner, app or credential: new clients
+        old = self._base_config
+        if config.gdap != old.gdap or config.request_timeout != old.request_timeout:
+            self._partner = None  # another partner, app, credential or timeout: new clients
         if config.gdap is None:
             self._customers, self.discovery = [], None
-        elif self.discovery is None:
-            self.discovery = DiscoveryState()
+        else:
+            if old.gdap is None or config.gdap.partner_tenant_id != old.gdap.partner_tenant_id:
+                self._customers = []  # another partner's customers are not this one's
+            if self.discovery is None:
+                self.discovery = DiscoveryState()
         self._base_config = config
-        return await self._put_in_force(self._effective())
+        summary = await self._put_in_force(self._effective())
+        self._keep_discovering()
+        return summary
+
+    def _keep_discovering(self) -> None:
+        """The refresh timer runs while the exporter runs and `discovery.gdap` is set."""
+        if self._base_config.gdap is None or self._task is None:
+            return
+        if self._discovery_task is None or self._discovery_task.done():
+            # The reload that turned it on has just discovered: the timer waits first.
+            self._discovery_task = asyncio.create_task(
+                self._discover_forever(now=False), name="gdap"
+            )
 
     def _effective(self) -> ExporterConfig:
         """The config as loaded, plus the discovered customers it does not list itself."""
@@ -276,23 +253,43 @@ class Exporter:
     async def refresh_discovery(self) -> bool:
         """Read the partner's GDAP customers and poll them; False when it failed (the last
         discovered tenants then stay, and keep being polled)."""
+        async with self._discovery_lock:
+            try:
+                return await self._refresh_discovery()
+            finally:
+                self.store.release()  # answered: ready once what it found was polled
+                self._note_ready("", None)  # when it found nothing new, no poll will tell
+
+    async def _refresh_discovery(self) -> bool:
         gdap, state = self._base_config.gdap, self.discovery
         if gdap is None or state is None:
             return False
-        await self.open()
-        if self._partner is None:
-            _, self._partner = self._clients(gdap.partner)
         try:
-            customers = await fetch_customers(self._partner)
-        except PollError as exc:
+            await self.open()
+            if self._partner is None:
+                _, self._partner = self._clients(gdap.partner)
+            async with asyncio.timeout(DISCOVERY_DEADLINE):
+                customers = await fetch_customers(self._partner)
+        except Exception as exc:  # whatever fails, discovery keeps going
+            error = (
+                exc
+                if isinstance(exc, PollError)
+                else PollError("timeout", f"no answer within {DISCOVERY_DEADLINE:g}s")
+                if isinstance(exc, TimeoutError)
+                else PollError("invalid_response", f"{type(exc).__name__} (a bug; see the log)")
+            )
+            if not isinstance(exc, PollError | TimeoutError):
+                log.exception("GDAP discovery crashed")
             state.up = False
-            state.errors[exc.reason] += 1
-            state.last_error = failure_text(exc)
+            state.errors[error.reason] += 1
+            state.last_error = failure_text(error)
             log.warning(
-                f"GDAP discovery failed; the tenants found before stay: {exc}",
-                extra={"reason": exc.reason, "partner_tenant_id": gdap.partner_tenant_id},
+                f"GDAP discovery failed; the tenants found before stay: {error}",
+                extra={"reason": error.reason, "partner_tenant_id": gdap.partner_tenant_id},
             )
             return False
+        if self._base_config.gdap is not gdap:
+            return False  # a reload changed discovery meanwhile; its own discovery follows
         self._customers = customers
         state.up, state.last_success_at, state.last_error = True, time.time(), None
         state.tenants = count_filtered(gdap, customers)
@@ -307,8 +304,10 @@ class Exporter:
         )
         return True
 
-    async def _discover_forever(self) -> None:
-        """Discovery every refresh interval; sooner again after a failure."""
+    async def _discover_forever(self, *, now: bool) -> None:
+        """Discovery (at once if `now`), then every refresh interval; sooner after a failure."""
+        if now:
+            await self.refresh_discovery()  # never raises: a failure is counted and logged
         while True:
             gdap = self._base_config.gdap
             if gdap is None:
@@ -317,6 +316,8 @@ class Exporter:
             await asyncio.sleep(
                 gdap.refresh_interval if up else min(gdap.refresh_interval, RETRY_AFTER_FAILURE)
             )
+            if self._base_config.gdap is None:
+                return
             await self.refresh_discovery()
 
     async def _put_in_force(self, config: ExporterConfig) -> ReloadSummary:
@@ -348,7 +349,7 @@ class Exporter:
                 self._add(tenant)
                 summary.added.append(name)
                 continue
-            if _clients_differ(old_config, before, config, tenant):
+            if clients_differ(old_config, before, config, tenant):
                 self.store.reconfigure(
                     name,
                     config.collectors_for(tenant),
@@ -405,13 +406,16 @@ class Exporter:
     async def start(self) -> None:
         """Open, then poll every tenant in the background until `close()`."""
         await self.open()
-        if self._base_config.gdap is not None:
-            # Before polling starts: ready means every customer found at start was polled once.
-            await self.refresh_discovery()
-            self._discovery_task = asyncio.create_task(self._discover_forever(), name="gdap")
         self._started_at = self._clock()
         self._task = asyncio.create_task(self._scheduler.run(), name="scheduler")
         self._task.add_done_callback(self._scheduler_ended)
+        if self._base_config.gdap is not None:
+            # Beside polling, not before it: a slow partner tenant does not delay the listed
+            # tenants. The store holds "ready" until this first discovery has answered, so
+            # ready still means every customer found at start was polled once.
+            self._discovery_task = asyncio.create_task(
+                self._discover_forever(now=True), name="gdap"
+            )
         if self.keeper is not None:
             self._keeper_task = asyncio.create_task(self.keeper.run(), name="storage")
 
@@ -427,17 +431,18 @@ class Exporter:
 
     async def close(self) -> None:
         """Stop polling and close connections, abandoning token requests still in flight."""
+        # Discovery first: one finishing now would add tenants to a stopping scheduler.
+        if self._discovery_task is not None:
+            self._discovery_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._discovery_task
+            self._discovery_task = None
         if self._task is not None:
             self._task.cancel()
             # A scheduler that died has been logged already (critical).
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
             self._task = None
-        if self._discovery_task is not None:
-            self._discovery_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._discovery_task
-            self._discovery_task = None
         if self._keeper_task is not None:
             self._keeper_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -449,8 +454,7 @@ class Exporter:
             await self._session.close()
             self._session = None
         # A token request stuck in a thread must not hold up shutdown (it ends at its timeout).
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        self._trust.close()
+        self._factory.close()
 
 
 @dataclass
@@ -461,48 +465,3 @@ class ReloadSummary:
     removed: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
-
-
-# What a tenant's clients are not built from: a change of these keeps the clients.
-_NOT_IN_CLIENTS: Final = frozenset({"name", "thresholds", "collector_intervals"})
-
-
-def _clients_differ(
-    old_config: ExporterConfig, old: TenantConfig, config: ExporterConfig, new: TenantConfig
-) -> bool:
-    """Whether a tenant needs new clients: its credential, endpoints, cloud, `ca_file`,
-    collectors or the request timeout changed (secrets compare by value)."""
-    if old_config.request_timeout != config.request_timeout:
-        return True
-    if old_config.collectors_for(old) != config.collectors_for(new):
-        return True
-    keys = set(type(new).model_fields) - _NOT_IN_CLIENTS
-    return any(getattr(old, key) != getattr(new, key) for key in keys)
-
-
-def credential_source(tenant: TenantConfig) -> CredentialSource:
-    """The one credential a validated tenant config names."""
-    if tenant.client_secret is not None:
-        return ClientSecret(tenant.client_secret.get_secret_value())
-    if tenant.client_secret_file is not None:
-        return ClientSecretFile(tenant.client_secret_file)
-    if tenant.client_certificate_file is not None:
-        password = tenant.client_certificate_password
-        return ClientCertificateFile(
-            tenant.client_certificate_file, password.get_secret_value() if password else None
-        )
-    assert tenant.federated_token_file is not None  # config validation ensures exactly one
-    return FederatedTokenFile(tenant.federated_token_file)
-
-
-def auth_settings(tenant: TenantConfig, request_timeout: float = 30.0) -> AuthSettings:
-    """What the token provider of `tenant` needs, and nothing more of its config."""
-    return AuthSettings(
-        tenant=tenant.name,
-        authority=f"{tenant.authority_url}/{tenant.tenant_id}",
-        client_id=tenant.client_id,
-        scope=f"{tenant.graph_url}/.default",
-        credential=credential_source(tenant),
-        # A cold token is two requests (OIDC discovery, then the token), each with the timeout.
-        deadline=2 * request_timeout + 5,
-    )

@@ -102,6 +102,7 @@ class SnapshotStore:
         # Ready stays ready: a tenant added later (a reload, a new GDAP customer) shows as not
         # yet polled in its own health metrics, not as a process that stopped being ready.
         self._was_ready = False
+        self._held = False  # not ready before GDAP discovery first answered (see `hold`)
 
     def subscribe(self, listener: Listener) -> None:
         """Call `listener` on every change of a tenant, and now for every tenant already here."""
@@ -287,9 +288,17 @@ class SnapshotStore:
     @property
     def ready(self) -> bool:
         """Every tenant has finished its first poll (once true, it stays true)."""
-        if self._unpolled == 0:
+        if self._unpolled == 0 and not self._held:
             self._was_ready = True
         return self._was_ready
+
+    def hold(self) -> None:
+        """Not ready until `release`, whatever the tenants: more are coming (GDAP discovery at
+        start), and ready must mean that those found then were polled too."""
+        self._held = True
+
+    def release(self) -> None:
+        self._held = False
 
     @property
     def progress(self) -> tuple[int, int]:

@@ -163,14 +163,14 @@ class _Note:
             f'<td colspan="7" class="problem">{escape(self.text)}</td></tr>'
         )
 
-    def matches(self, query: str) -> bool:
-        return query in f"{self.tenant}\n{self.kind}\n{self.text}".casefold()
+    def matches(self, query: str, tenant_id: str) -> bool:
+        return query in f"{self.tenant}\n{tenant_id}\n{self.kind}\n{self.text}".casefold()
 
 
-def _matches(item: _Assessed, query: str) -> bool:
+def _matches(item: _Assessed, query: str, tenant_id: str) -> bool:
     """A case-insensitive substring of what a person would search a row by."""
     row = item.row
-    text = "\n".join((item.tenant, row.kind, row.name, row.apple_id, *item.problems))
+    text = "\n".join((item.tenant, tenant_id, row.kind, row.name, row.apple_id, *item.problems))
     return query in text.casefold()
 
 
@@ -238,8 +238,9 @@ def render_status_page(
     total = len(assessed) + len(notes)
     attention = len(notes) + sum(1 for item in assessed if item.needs_attention)
     if wanted:
-        assessed = [item for item in assessed if _matches(item, wanted)]
-        notes = [note for note in notes if note.matches(wanted)]
+        ids = {tenant.name: tenant.tenant_id for tenant in view.tenants}
+        assessed = [item for item in assessed if _matches(item, wanted, ids[item.tenant])]
+        notes = [note for note in notes if note.matches(wanted, ids[note.tenant])]
     if problems_only:
         assessed = [item for item in assessed if item.needs_attention]
     assessed.sort(

@@ -208,3 +208,99 @@ async def test_a_customer_without_consent_is_down_with_the_reason_in_words(
     assert "<td>GDAP discovery</td>" in page  # where the tenant came from
     assert f"GDAP discovery (partner {PARTNER}): up, 2 customers" in page
     assert SECRET not in page and SECRET not in caplog.text
+
+
+def test_long_display_names_are_cut_before_they_are_made_unique() -> None:
+    """Entra allows 256 characters, a tenant name 128: cut first (never ending on a space),
+    then judge uniqueness on what is used, and never shadow a configured tenant."""
+    long_name = "A" * 127 + " Holdings"
+    twin = "B" * 130  # two customers whose names differ only past 128 characters
+    configured_name = "C" * 128
+    doc = {
+        "tenants": [
+            {
+                "name": configured_name,
+                "tenant_id": tenant_guid("c-listed"),
+                "client_id": CLIENT_ID,
+                "client_secret": "own-secret",
+            }
+        ],
+        "discovery": {
+            "gdap": {"partner_tenant_id": PARTNER, "client_id": CLIENT_ID, "client_secret": "p"}
+        },
+    }
+    loaded = parse_config(doc, "test.yaml")
+    assert loaded.gdap is not None
+    customers = [
+        Customer(tenant_guid("long"), long_name),
+        Customer(tenant_guid("b1"), twin + "X"),
+        Customer(tenant_guid("b2"), twin + "Y"),
+        Customer(tenant_guid("c"), configured_name + "DE"),  # cut, it is the configured name
+    ]
+    found = {
+        t.tenant_id: t.name for t in discovered_tenants(loaded.gdap, customers, loaded.tenants)
+    }
+    assert found[tenant_guid("long")] == "A" * 127  # cut at 128, the trailing space dropped
+    suffixed = 128 - len(" (12345678)")
+    assert found[tenant_guid("b1")] == f"{'B' * suffixed} ({tenant_guid('b1')[:8]})"
+    assert found[tenant_guid("b2")] == f"{'B' * suffixed} ({tenant_guid('b2')[:8]})"
+    assert found[tenant_guid("c")] == f"{'C' * suffixed} ({tenant_guid('c')[:8]})"
+    assert all(len(name) <= 128 for name in found.values())
+    assert configured_name not in found.values()
+
+
+async def test_with_discovery_only_ready_waits_for_the_first_discovery(world: World) -> None:
+    partner(world, [customer("Contoso Ltd")])
+    customer_tenant(world, "Contoso Ltd")
+    exporter = Exporter(config(world), retry=FAST_RETRY)
+    world.exporters.append(exporter)
+    assert exporter.tenants == ()
+    assert not exporter.store.ready  # no tenant yet, but discovery has not answered
+
+    await exporter.open()
+    assert await exporter.refresh_discovery()
+    assert not exporter.store.ready  # found one: ready once it is polled
+    await exporter.poll_all_once()
+    assert exporter.store.ready
+
+
+async def test_a_crash_inside_discovery_is_counted_and_discovery_goes_on(
+    world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    partner(world, [customer("Contoso Ltd")])
+    customer_tenant(world, "Contoso Ltd")
+    exporter = await started(world)
+    assert set(infos(exporter)) == {"Contoso Ltd"}
+
+    async def broken(client: object) -> list[Customer]:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("exporter.service.fetch_customers", broken)
+    with caplog.at_level(logging.ERROR, logger="exporter.service"):
+        assert await exporter.refresh_discovery() is False
+    assert "GDAP discovery crashed" in caplog.text
+    assert exporter.discovery is not None and not exporter.discovery.up
+    assert one(exporter, "intune_discovery_errors_total", reason="invalid_response") == 1
+    assert set(infos(exporter)) == {"Contoso Ltd"}  # the tenants found before stay
+    monkeypatch.undo()
+    assert await exporter.refresh_discovery()
+    assert exporter.discovery.up
+
+
+async def test_discovery_turned_on_by_a_reload_keeps_refreshing(world: World) -> None:
+    partner(world, [customer("Contoso Ltd")])
+    customer_tenant(world, "Contoso Ltd")
+    world.add("fabrikam", ade_tokens=[ade_item("fabrikam iPads")])
+    exporter = Exporter(world.config(collect=["ade"]), retry=FAST_RETRY)
+    world.exporters.append(exporter)
+    await exporter.start()
+    assert exporter._discovery_task is None  # no discovery configured
+
+    await exporter.apply(config(world))
+    assert await exporter.refresh_discovery()  # as a reload does after apply()
+    task = exporter._discovery_task
+    assert task is not None and not task.done()  # the refresh timer runs from now on
+    assert "Contoso Ltd" in infos(exporter)
+
+    await exporter.apply(world.config(collect=["ade"]))  # and off again
+    assert set(infos(exporter)) == {"fabrikam"}

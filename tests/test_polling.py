@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import aiohttp
 import pytest
 
 from exporter.auth import AuthSettings, ClientSecret, MsalTokenProvider, usable_for
@@ -653,25 +658,74 @@ async def test_an_unreachable_authority_names_what_was_tried_and_the_likely_caus
     )
 
 
-def test_network_hints_name_the_cause_and_never_the_proxy_credentials() -> None:
+@pytest.mark.parametrize(
+    ("error", "detail", "cause"),
+    [
+        (
+            lambda key: aiohttp.ClientConnectorDNSError(
+                key, socket.gaierror(-2, "Name or service not known")
+            ),
+            "ClientConnectorDNSError: cannot resolve graph.microsoft.com:443 "
+            "(Name or service not known)",
+            "likely cause: DNS",
+        ),
+        (
+            lambda key: aiohttp.ClientConnectorError(
+                key, ConnectionRefusedError(errno.ECONNREFUSED, "Connect call failed")
+            ),
+            "ClientConnectorError: cannot connect to graph.microsoft.com:443 (connection refused)",
+            "likely cause: nothing accepts connections there",
+        ),
+        (
+            lambda key: aiohttp.ClientConnectorCertificateError(
+                key, ssl.SSLCertVerificationError("certificate verify failed")
+            ),
+            "TLS failure: ClientConnectorCertificateError",
+            "likely cause: TLS inspection",
+        ),
+        (
+            lambda key: aiohttp.ClientProxyConnectionError(key, OSError("boom")),
+            "ClientProxyConnectionError: cannot connect to the proxy",
+            "likely cause: the proxy refused or failed the connection",
+        ),
+    ],
+    ids=["dns", "refused", "tls", "proxy"],
+)
+def test_graph_connection_failures_are_classified_by_type(
+    error: Any, detail: str, cause: str
+) -> None:
+    """By aiohttp's exception types, not their text: that holds an SSLContext repr (with "ssl"
+    in it), and the APNs collector's path has "certificate" in it."""
     from exporter.errors import network_hint
+    from exporter.graph import _connection_failure
+
+    key = SimpleNamespace(host="graph.microsoft.com", port=443, ssl=ssl.create_default_context())
+    found, kind = _connection_failure(error(key))
+    assert found == detail
+    text = network_hint(
+        f"GET /beta/deviceManagement/applePushNotificationCertificate: {found}", None, kind
+    )
+    assert cause in text and "SSLContext" not in text
+
+
+def test_network_hints_name_the_cause_and_never_the_proxy_credentials() -> None:
+    from exporter.errors import network_hint, shown_proxy
 
     proxy = "http://svc-user:s3cret@proxy.corp.example:3128"
-    dns = network_hint(
-        "GET /beta/x: ClientConnectorError: Cannot connect to host graph.microsoft.com:443 "
-        "[Name or service not known]",
-        proxy,
-    )
+    dns = network_hint("GET /beta/x: cannot resolve graph.microsoft.com:443", proxy, "dns")
     assert "through the proxy http://proxy.corp.example:3128" in dns
     assert "likely cause: DNS" in dns
     assert "s3cret" not in dns and "svc-user" not in dns
-    refused = network_hint("cannot reach Entra ID's token endpoint: ProxyError: refused", proxy)
+    refused = network_hint("cannot reach Entra ID's token endpoint: ProxyError", proxy, "proxy")
     assert "the proxy refused or failed the connection" in refused
-    other = network_hint("GET /beta/x: ServerDisconnectedError: gone", None)
+    # The kind decides, never words in the detail (a path with "certificate" in it).
+    other = network_hint("GET /beta/applePushNotificationCertificate: gone", None)
     assert other.endswith(
         "[connecting directly (no HTTPS_PROXY); likely cause: DNS, a proxy (HTTPS_PROXY, "
         "NO_PROXY), a firewall on outbound HTTPS (443) or TLS inspection]"
     )
+    assert shown_proxy("http://u:p@[::1]:3128") == "http://[::1]:3128"
+    assert shown_proxy("proxy.corp:8080") == "http://proxy.corp:8080"
 
 
 async def test_a_collector_bug_costs_one_collector_one_poll(

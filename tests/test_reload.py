@@ -41,12 +41,17 @@ def write(path: Path, doc: dict[str, Any]) -> None:
     path.write_text(yaml.safe_dump(doc))
 
 
-async def polled(exporter: Exporter, name: str) -> None:
-    """Wait (on the store's own notifications, not a timer) until `name` has been polled."""
+async def polled(exporter: Exporter, name: str, collector: str | None = None) -> None:
+    """Wait (on the store's own notifications, not a timer) until `name` has been polled (and,
+    given `collector`, that collector has succeeded: a tenant polled before a reload counts as
+    polled already)."""
     done = asyncio.Event()
 
     def changed(tenant: str, state: object) -> None:
-        if exporter.store.has(name) and exporter.store.tenant(name).polled:
+        if not exporter.store.has(name) or not exporter.store.tenant(name).polled:
+            return
+        states = exporter.store.tenant(name).collectors
+        if collector is None or (collector in states and states[collector].up):
             done.set()
 
     exporter.store.subscribe(changed)
@@ -117,7 +122,7 @@ async def test_a_reload_applies_the_difference_and_costs_unchanged_tenants_nothi
     # Fabrikam keeps its last good ADE values until its new clients' poll lands.
     assert exporter.store.tenant("fabrikam").collectors["ade"].records == fabrikam_kept
     await polled(exporter, "northwind")
-    await polled(exporter, "fabrikam")
+    await polled(exporter, "fabrikam", "apns")  # its new clients' first poll
     assert tenant_names(exporter) == {"contoso", "fabrikam", "northwind"}
     samples = samples_by_name(exposition(exporter))
     assert not [s for s in samples["intune_tenant_polls_total"] if s[0]["tenant"] == "tailspin"]

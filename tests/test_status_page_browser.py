@@ -325,6 +325,10 @@ def test_the_filter_and_problems_only(demo: Exporter, tmp_path: Path) -> None:
     # 4 ADE and 3 VPP tokens, and the APNs certificate it never set up
     assert "Showing 8 of " in _headline(html) and "1 of 8 tenants" in _headline(html)
     assert 'name="q" value="NORTHWIND"' in html
+    # By tenant ID too, as the box offers: the tenant and all its rows.
+    tenant_id = next(r.cells[2] for r in dom.tables["tenants"] if r.cells[0] == "northwind")
+    _, by_id = _page(demo, tmp_path, f"?q={tenant_id.upper()}")
+    assert len(by_id.tables["credentials"]) == len(dom.tables["credentials"])
 
     html, dom = _page(demo, tmp_path, "?problems=1")
     rows = [row for row in dom.tables["credentials"] if len(row.cells) == 9]
