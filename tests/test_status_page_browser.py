@@ -11,10 +11,12 @@ replaces docs/status-page.png, the one README shows:
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import struct
 import subprocess
+import urllib.request
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -153,12 +155,22 @@ def dom(demo: Exporter, tmp_path_factory: pytest.TempPathFactory) -> TableParser
 
 
 def _credentials(dom: TableParser) -> dict[tuple[str, str], Row]:
+    """The credentials' rows by (tenant, name), in page order (not the tokens' device rows)."""
     rows = {
         (row.cells[0], row.cells[2]): row
         for row in dom.tables["credentials"]
-        if len(row.cells) == 9
+        if len(row.cells) == 9 and row.cells[1] != "ADE devices"
     }
     return rows
+
+
+def _device_rows(dom: TableParser) -> dict[tuple[str, str], Row]:
+    """The rows of the ADE tokens' devices by (tenant, token name), in page order."""
+    return {
+        (row.cells[0], row.cells[2]): row
+        for row in dom.tables["credentials"]
+        if len(row.cells) == 9 and row.cells[1] == "ADE devices"
+    }
 
 
 def test_every_tenant_is_listed_with_its_status(dom: TableParser) -> None:
@@ -221,7 +233,7 @@ def test_every_credential_is_listed_soonest_expiry_first(dom: TableParser) -> No
     assert rows[("northwind", "Northwind Spare")].cells[6] == "never"
     # A tenant the exporter cannot sign in to says so instead of showing nothing.
     no_data = [row.cells for row in dom.tables["credentials"] if row.cells[0] == "tailspin"]
-    assert [cells[1] for cells in no_data] == ["ade", "vpp", "apns"]
+    assert [cells[1] for cells in no_data] == ["ade", "ade_devices", "vpp", "apns"]
     assert all(cells[2].startswith("no data: auth: ") for cells in no_data)
     assert all("AADSTS7000215" in cells[2] for cells in no_data)
 
@@ -262,6 +274,53 @@ def test_every_credential_links_its_microsoft_renewal_page(dom: TableParser) -> 
         assert renew == [RENEW_BY_KIND[row.cells[1]]], (tenant, name, row.links)
     school = _credentials(dom)[("northwind", "Northwind School")]
     assert ("troubleshoot", links.ADE_SYNC_TROUBLESHOOTING) in school.links
+
+
+def test_the_devices_of_each_token_are_listed_in_words(dom: TableParser) -> None:
+    devices = _device_rows(dom)
+    problems = {key: row.cells[7] for key, row in devices.items()}
+    assert problems == {
+        ("fabrikam", "Fabrikam iPads"): "14 devices without an enrollment profile, oldest 3 days; "
+        "4 devices failed to enroll",
+        ("fabrikam", "Fabrikam Macs"): "6 devices without an enrollment profile, oldest 5 hours; "
+        "no default macOS profile; 6 Macs waiting",
+        ("northwind", "Northwind Shared"): "25 devices without an enrollment profile, "
+        "oldest 9 days",
+        ("northwind", "Northwind School"): "no default iOS/iPadOS profile; "
+        "10 iPhones and iPads waiting",
+        # Healthy: listed, nothing to do.
+        ("contoso", "Contoso iOS"): "—",
+        ("Alpine Ski House", "Alpine iPads"): "—",
+        ("Litware Inc", "Litware Macs"): "—",
+    }
+    for row in devices.values():
+        # Not a credential: no expiry to count down, no Apple ID, no sync of its own.
+        assert row.cells[3:7] == ["—", "—", "—", "—"], row.cells
+    # The ones with a problem are among those that need attention, before every calm row.
+    order = [
+        (row.cells[0], row.cells[2], row.cells[7])
+        for row in dom.tables["credentials"]
+        if len(row.cells) == 9
+    ]
+    first_calm = next(i for i, (_, _, problem) in enumerate(order) if problem == "—")
+    troubled = {key for key, problem in problems.items() if problem != "—"}
+    assert {(t, n) for t, n, _ in order[:first_calm]} >= troubled
+    ipads = devices[("fabrikam", "Fabrikam iPads")]
+    assert ("enrollment profiles", links.ADE_ENROLLMENT_PROFILE) in ipads.links
+    assert ("troubleshoot", links.ADE_ENROLLMENT_TROUBLESHOOTING) in ipads.links
+    macs = devices[("fabrikam", "Fabrikam Macs")]
+    assert ("enrollment profiles", links.ADE_ENROLLMENT_PROFILE_MACOS) in macs.links
+    assert [text for text, _ in devices[("contoso", "Contoso iOS")].links] == [
+        "enrollment profiles"
+    ]
+
+
+def test_no_serial_number_is_shown(demo: Exporter) -> None:
+    with urllib.request.urlopen(demo.base_url + "/", timeout=10) as response:
+        page = response.read().decode()
+    assert "Fabrikam iPads" in page
+    # The demo's made-up serial numbers are DEMO and eight hexadecimal digits.
+    assert not re.search(r"DEMO[0-9A-F]{8}", page)
 
 
 def _png_size_and_pixels(data: bytes) -> tuple[int, int, bytes]:
