@@ -206,6 +206,9 @@ EXPECTED_STATS = {
     # Northwind School, Northwind Field, Fabrikam Education, Northwind Retail, Northwind Kiosk
     (OVERVIEW_UID, "Sync error or invalid state"): 5,
     (OVERVIEW_UID, "Tenants failing to poll"): 2,  # tailspin, Adatum
+    # Fabrikam iPads 14, Fabrikam Macs 6, Northwind Shared 25
+    (OVERVIEW_UID, "Devices without a profile"): 45,
+    (OVERVIEW_UID, "Failed enrollments"): 4,  # Fabrikam iPads
     (EXPORTER_HEALTH_UID, "Tenants up"): 6,
     (EXPORTER_HEALTH_UID, "Tenants down"): 2,
     (EXPORTER_HEALTH_UID, "Poll interval"): 15,
