@@ -164,7 +164,9 @@ def render_status_page(
     """The whole page. Every value from Graph or config is escaped; no secret is ever shown.
 
     Credentials that need attention (expired, expiring within 30 days, or with a problem) come
-    first, each group soonest expiry first.
+    first, each group soonest expiry first; so do ADE tokens whose devices wait without a
+    profile or a default profile, or failed to enroll (they have no expiry: after the
+    credentials of their group).
     """
     tenant_rows = "".join(_tenant_row(tenant) for tenant in view.tenants)
     assessed: list[_Assessed] = []
