@@ -8,6 +8,6 @@ from __future__ import annotations
 
 from typing import Final
 
-COLLECTOR_NAMES: Final = ("ade", "vpp", "apns")
+COLLECTOR_NAMES: Final = ("ade", "ade_devices", "vpp", "apns")
 # What runs when the config names none.
 DEFAULT_COLLECTORS: Final = COLLECTOR_NAMES

@@ -15,6 +15,18 @@ ADE_SYNC_TROUBLESHOOTING: Final = (
     "https://learn.microsoft.com/troubleshoot/mem/intune/device-enrollment/"
     "troubleshoot-ios-enrollment-errors#sync-token-errors-between-intune-and-ade"
 )
+# ADE enrollment profiles (create one, assign it to devices, set a token's default) and the
+# troubleshooting article for devices that do not enroll.
+ADE_ENROLLMENT_PROFILE: Final = (
+    "https://learn.microsoft.com/mem/intune/enrollment/device-enrollment-program-enroll-ios"
+)
+ADE_ENROLLMENT_PROFILE_MACOS: Final = (
+    "https://learn.microsoft.com/mem/intune/enrollment/device-enrollment-program-enroll-macos"
+)
+ADE_ENROLLMENT_TROUBLESHOOTING: Final = (
+    "https://learn.microsoft.com/troubleshoot/mem/intune/device-enrollment/"
+    "troubleshoot-ios-enrollment-errors"
+)
 VPP_RENEW: Final = "https://learn.microsoft.com/mem/intune/apps/vpp-apps-ios"
 APNS_RENEW: Final = (
     "https://learn.microsoft.com/mem/intune/enrollment/apple-mdm-push-certificate-get"
@@ -41,6 +53,9 @@ ALL: Final = (
     ADE_RENEW,
     ADE_RENEW_SEED,
     ADE_SYNC_TROUBLESHOOTING,
+    ADE_ENROLLMENT_PROFILE,
+    ADE_ENROLLMENT_PROFILE_MACOS,
+    ADE_ENROLLMENT_TROUBLESHOOTING,
     VPP_RENEW,
     APNS_RENEW,
     ENTRA_ADD_CREDENTIALS,

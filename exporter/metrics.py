@@ -58,7 +58,9 @@ HEALTH_METRICS: Final = (
         "intune_tenant_incomplete_records",
         "gauge",
         "Records the collector got without the field the exporter exists for (a credential "
-        "without an expiry date): their expiry is unknown and no expiry alert covers them.",
+        "without an expiry date: its expiry is unknown and no expiry alert covers it; for "
+        "ade_devices, a device without an id, or waiting without a profile since an unknown "
+        "time).",
         ("tenant", "collector"),
     ),
     MetricSpec(

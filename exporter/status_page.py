@@ -53,10 +53,10 @@ def _assess(tenant: str, row: StatusRow, now: float, thresholds: Thresholds) -> 
     days = None if row.expires_at is None else days_until(row.expires_at, now)
     problems: list[str] = []
     level = ""
-    if days is None:
+    if days is None and row.expires:
         # Never dropped: a credential Graph sent without its expiry date is still one to renew.
         problems.append("expiry unknown: Graph sent no expiry date")
-    else:
+    elif days is not None:
         if days <= 0:
             level = "expired"
             problems.append(f"expired {-days:.1f} days ago")
@@ -122,7 +122,10 @@ def _tenant_row(tenant: TenantState) -> str:
 def _credential_row(item: _Assessed, now: float) -> str:
     row = item.row
     days = "unknown" if item.days is None else f"{item.days:.1f}"
-    links = [f'<a href="{escape(row.renew_url)}" rel="noreferrer">renew</a>']
+    expires = date_text(row.expires_at)
+    if not row.expires:
+        days = expires = "—"
+    links = [f'<a href="{escape(row.renew_url)}" rel="noreferrer">{escape(row.renew_label)}</a>']
     if row.troubleshooting_url:
         links.append(
             f'<a href="{escape(row.troubleshooting_url)}" rel="noreferrer">troubleshoot</a>'
@@ -141,7 +144,7 @@ def _credential_row(item: _Assessed, now: float) -> str:
     return (
         f'<tr class="{css}"><td>{escape(item.tenant)}</td><td>{escape(row.kind)}</td>'
         f'<td>{name}</td><td class="nowrap">{escape(row.apple_id) or "—"}</td>'
-        f'<td class="num">{days}</td><td class="nowrap">{date_text(row.expires_at)}</td>'
+        f'<td class="num">{days}</td><td class="nowrap">{expires}</td>'
         f'<td class="nowrap">{synced}</td>'
         f'<td class="{"problem" if item.problems else ""}">{problem}</td>'
         f"<td>{' · '.join(links)}</td></tr>"
@@ -206,9 +209,11 @@ def render_status_page(
 
     Rows that need attention come first and are counted in the headline: a collector without
     data (a tenant that is down), a credential not set up, then credentials expired, expiring
-    or with a problem, soonest expiry first; the healthy ones follow. `query` (`?q=`) keeps the
-    rows containing it, case-insensitively; `problems_only` (`?problems=1`) keeps those that
-    need attention. Filtering happens here, on the server: the page needs no script.
+    or with a problem, soonest expiry first, then ADE tokens whose devices wait without a
+    profile or a default profile, or failed to enroll (they have no expiry); the healthy ones
+    follow. `query` (`?q=`) keeps the rows containing it, case-insensitively; `problems_only`
+    (`?problems=1`) keeps those that need attention. Filtering happens here, on the server:
+    the page needs no script.
     """
     wanted = query.strip().casefold()
     tenants = [
@@ -231,7 +236,7 @@ def render_status_page(
                     text = f"no data: {error.reason}: {error.message}"
                     notes.append(_Note(tenant.name, name, text, "nodata"))
                 continue
-            rows = collector.status_rows(state.records)
+            rows = collector.status_rows(state.records, now)
             assessed.extend(_assess(tenant.name, row, now, tenant.thresholds) for row in rows)
             if not rows and collector.empty_note:
                 notes.append(_Note(tenant.name, collector.title, collector.empty_note, "attention"))

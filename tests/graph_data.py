@@ -96,3 +96,53 @@ def apns_item(*, expires_in_days: float = 250) -> dict[str, Any]:
         "certificateSerialNumber": "6A1B2C3D4E5F6071",
         "certificate": "-----BEGIN CERTIFICATE-----\nMIIB...\n-----END CERTIFICATE-----",
     }
+
+
+SERIAL_PREFIX = "SERIAL-"  # distinctive, so tests can search output for serial numbers
+
+
+def device_item(
+    serial: str,
+    *,
+    platform: str | None = "ios",
+    state: str | None = "enrolled",
+    profile_id: str | None = "profile-ios",
+    deleted: bool = False,
+    created_ago: float | None = 10 * DAY,
+    assigned_ago: float | None = 9 * DAY,
+    contacted_ago: float | None = DAY,
+    source: str = "deviceEnrollmentProgram",
+) -> dict[str, Any]:
+    """An importedAppleDeviceIdentity; `platform` and `state` are Graph's enum values."""
+    item: dict[str, Any] = {
+        "@odata.type": "#microsoft.graph.importedAppleDeviceIdentity",
+        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"device/{serial}")),
+        "serialNumber": f"{SERIAL_PREFIX}{serial}",
+        "requestedEnrollmentProfileId": profile_id,
+        "requestedEnrollmentProfileAssignmentDateTime": iso(NOW - assigned_ago)
+        if assigned_ago is not None and profile_id
+        else "0001-01-01T00:00:00Z",
+        "isSupervised": True,
+        "discoverySource": source,
+        "isDeleted": deleted,
+        "createdDateTime": iso(NOW - created_ago) if created_ago is not None else None,
+        "lastContactedDateTime": iso(NOW - contacted_ago) if contacted_ago is not None else None,
+        "description": f"device {serial}",
+        "enrollmentState": state,
+        "platform": platform,
+    }
+    return item
+
+
+def profile(name: str) -> dict[str, Any]:
+    """An enrollment profile as a default-profile navigation expands it."""
+    return {
+        "@odata.type": "#microsoft.graph.depIOSEnrollmentProfile",
+        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"profile/{name}")),
+        "displayName": name,
+        "description": "",
+        "requiresUserAuthentication": True,
+        "configurationEndpointUrl": "https://appleconfigurator2.manage.microsoft.com/",
+        "enableAuthenticationViaCompanyPortal": False,
+        "requireCompanyPortalOnSetupAssistantEnrolledDevices": False,
+    }

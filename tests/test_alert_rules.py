@@ -84,7 +84,7 @@ def _anchors(markdown: str) -> set[str]:
 def test_promtool_check_rules_is_clean() -> None:
     result = _run(_binary("promtool"), "check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 25 rules found" in result.stdout
+    assert "SUCCESS: 28 rules found" in result.stdout
 
 
 def test_promtool_unit_tests_pass() -> None:
@@ -116,7 +116,7 @@ def test_promtool_unit_tests_can_fail(tmp_path: Path) -> None:
 def test_amtool_accepts_the_example_config() -> None:
     result = _run(_binary("amtool"), "check-config", str(AM_CONFIG))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "4 inhibit rules" in result.stdout
+    assert "5 inhibit rules" in result.stdout
     assert "1 templates" in result.stdout
 
 
@@ -164,7 +164,7 @@ def test_example_config_groups_by_tenant_and_has_one_webhook_url() -> None:
 
 def test_every_alert_follows_the_conventions() -> None:
     rules = _alert_rules()
-    assert len({rule["alert"] for rule in rules}) == 24
+    assert len({rule["alert"] for rule in rules}) == 27
     runbook_anchors = _anchors(RUNBOOK.read_text())
     from exporter import links
 
@@ -201,7 +201,7 @@ def test_token_alerts_link_the_renewal_page_of_their_credential() -> None:
     from exporter import links
 
     expected = {
-        "IntuneAde": links.ADE_RENEW,
+        "IntuneAdeToken": links.ADE_RENEW,
         "IntuneVpp": links.VPP_RENEW,
         "IntuneApns": links.APNS_RENEW,
     }
@@ -217,6 +217,32 @@ def test_token_alerts_link_the_renewal_page_of_their_credential() -> None:
                 assert url in section, rule["alert"]
             else:
                 assert link == url, rule["alert"]
+
+
+def test_device_alerts_link_the_profile_and_troubleshooting_pages() -> None:
+    """The symptoms are fixed with profiles, not by renewing the token: their runbook_url is
+    Microsoft's page on enrollment profiles or on enrollment errors, and none links renewal."""
+    from exporter import links
+
+    device_alerts = {
+        r["alert"]: r for r in _alert_rules() if r["labels"]["alert_family"] == "ade_devices"
+    }
+    assert set(device_alerts) == {
+        "IntuneAdeDevicesWithoutProfile",
+        "IntuneAdeEnrollmentFailures",
+        "IntuneAdeDefaultProfileMissing",
+    }
+    for name, rule in device_alerts.items():
+        annotations = rule["annotations"]
+        assert annotations["runbook_url"] in (
+            links.ADE_ENROLLMENT_PROFILE,
+            links.ADE_ENROLLMENT_TROUBLESHOOTING,
+        ), name
+        assert annotations["troubleshooting_url"] in links.ALL, name
+        assert annotations["dashboard_url"].startswith("/d/intune-apple-tenant?"), name
+        assert "$labels.token_name" in annotations["description"], name
+        assert "$labels.platform" in annotations["description"], name
+        assert rule["labels"]["severity"] == "warning", name
 
 
 def test_exporter_down_matches_the_documented_job() -> None:
@@ -426,6 +452,10 @@ def test_critical_inhibits_only_the_warning_it_supersedes(
         "exp-3": ("AdeTokenExpired", "critical", "ade_token_expiry", t("ade-3"), False),
         "stale-3": ("AdeTokenSyncStale", "warning", "ade_token_sync", t("ade-3"), True),
         "error-3": ("AdeTokenSyncError", "critical", "ade_token_sync", t("ade-3"), True),
+        # the token's expiry or sync error mutes the alerts about its devices, not another's
+        "nopro-3": ("AdeDevicesWithoutProfile", "warning", "ade_devices", t("ade-3"), True),
+        "fail-2": ("AdeEnrollmentFailures", "warning", "ade_devices", t("ade-2"), True),
+        "nodef-1": ("AdeDefaultProfileMissing", "warning", "ade_devices", t("ade-1"), False),
         "vexp-1": ("VppTokenExpired", "critical", "vpp_token_expiry", t("vpp-1"), False),
         "vsync-1": ("VppTokenSyncFailing", "warning", "vpp_token_state", t("vpp-1"), True),
         # the tenant's APNs warning shares neither token_id nor family with a critical above

@@ -178,7 +178,7 @@ def test_minimal_config_gets_every_default(tmp_path: Path) -> None:
     assert config.poll_interval == 600.0
     assert config.request_timeout == 30.0
     assert config.max_concurrency == 16
-    assert config.collect == ("ade", "vpp", "apns")
+    assert config.collect == ("ade", "ade_devices", "vpp", "apns")
     (only,) = config.tenants
     assert only.name == "contoso"
     assert only.tenant_id == TENANT_IDS[0]
@@ -188,7 +188,14 @@ def test_minimal_config_gets_every_default(tmp_path: Path) -> None:
     assert only.graph_url == "https://graph.microsoft.com"
     assert only.ca_file is None
     assert only.collect is None
-    assert config.collectors_for(only) == ("ade", "vpp", "apns")
+    assert config.collectors_for(only) == ("ade", "ade_devices", "vpp", "apns")
+    # Device lists are long and change slowly: read hourly unless configured.
+    assert config.intervals_for(only) == {
+        "ade": 600.0,
+        "ade_devices": 3600.0,
+        "vpp": 600.0,
+        "apns": 600.0,
+    }
     assert only.credential_kind == "client_secret"
     assert only.client_secret is not None
     assert only.client_secret.get_secret_value() == "example-client-secret"
@@ -1009,7 +1016,49 @@ def test_tenant_collect_without_top_level_list(tmp_path: Path) -> None:
     config = load(tmp_path, {"tenants": [tenant("a", 0, collect=["apns"]), tenant("b", 1)]})
     a, b = config.tenants
     assert config.collectors_for(a) == ("apns",)
-    assert config.collectors_for(b) == ("ade", "vpp", "apns")
+    assert config.collectors_for(b) == ("ade", "ade_devices", "vpp", "apns")
+
+
+def test_collector_intervals_top_level_and_per_tenant(tmp_path: Path) -> None:
+    doc = {
+        "poll_interval": "5m",
+        "collector_intervals": {"ade_devices": "30m", "apns": "1h"},
+        "tenants": [
+            tenant("a", 0),
+            tenant("b", 1, collector_intervals={"ade_devices": "2h"}),
+            tenant("c", 2, collect=["ade", "ade_devices"]),
+        ],
+    }
+    a, b, c = (load(tmp_path, doc).intervals_for(t) for t in load(tmp_path, doc).tenants)
+    assert a == {"ade": 300.0, "ade_devices": 1800.0, "vpp": 300.0, "apns": 3600.0}
+    assert b == {"ade": 300.0, "ade_devices": 7200.0, "vpp": 300.0, "apns": 3600.0}
+    assert c == {"ade": 300.0, "ade_devices": 1800.0}
+
+
+def test_the_hourly_default_never_polls_faster_than_the_poll_interval(tmp_path: Path) -> None:
+    config = load(tmp_path, {"poll_interval": "2h", **one()})
+    assert config.intervals_for(config.tenants[0])["ade_devices"] == 7200.0
+
+
+@pytest.mark.parametrize("where", ["top", "tenant"])
+def test_a_collector_interval_below_the_poll_interval_is_refused(
+    tmp_path: Path, where: str
+) -> None:
+    intervals = {"ade_devices": "1m"}
+    doc: dict[str, Any] = (
+        {"collector_intervals": intervals, **one()}
+        if where == "top"
+        else one(collector_intervals=intervals)
+    )
+    err = error_of(tmp_path, doc)
+    assert err.key.endswith("collector_intervals.ade_devices")
+    assert err.problem == "must be at least poll_interval"
+
+
+def test_a_collector_interval_of_an_unknown_collector_is_refused(tmp_path: Path) -> None:
+    err = error_of(tmp_path, {"collector_intervals": {"ade_device": "1h"}, **one()})
+    assert "unknown collector 'ade_device'" in err.problem
+    assert "ade_devices" in err.problem
 
 
 def test_collect_in_defaults_is_inherited(tmp_path: Path) -> None:

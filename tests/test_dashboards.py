@@ -265,6 +265,8 @@ def test_overview_stat_panels() -> None:
         "Expired",
         "Sync error or invalid state",
         "Tenants failing to poll",
+        "Devices without a profile",
+        "Failed enrollments",
     ]
 
 
@@ -544,6 +546,44 @@ VPP_TOKENS = [
     ("woodgrove", "Woodgrove Apps", 280, "valid", False),
 ]
 APNS_DAYS = {"contoso": 250, "fabrikam": 12, "woodgrove": 300}  # northwind has none
+DEVICE_STATES = ("unknown", "enrolled", "pendingReset", "failed", "notContacted", "blocked")
+# tenant, token name, platform, {state: devices}, (devices without a profile, oldest wait),
+# default profile of the platform (None: none)
+ADE_DEVICES = [
+    ("contoso", "Contoso iOS", "ios", {"enrolled": 120}, (0, None), "Contoso iPhone and iPad"),
+    (
+        "fabrikam",
+        "Fabrikam iPads",
+        "ios",
+        {"enrolled": 2540, "notContacted": 44, "failed": 4},
+        (14, 3 * DAY + 5 * HOUR),
+        "Fabrikam iPad",
+    ),
+    (
+        "fabrikam",
+        "Fabrikam Macs",
+        "macos",
+        {"enrolled": 42, "notContacted": 6},
+        (6, 5 * HOUR),
+        None,
+    ),
+    (
+        "northwind",
+        "Northwind Shared",
+        "ios",
+        {"enrolled": 180, "notContacted": 25},
+        (25, 9 * DAY),
+        "Northwind Shared iPad",
+    ),
+    (
+        "northwind",
+        "Northwind School",
+        "ios",
+        {"enrolled": 300, "notContacted": 10},
+        (0, None),
+        None,
+    ),
+]
 TENANTS = ["contoso", "fabrikam", "northwind", "woodgrove", "tailspin"]  # tailspin: auth fails
 THRESHOLD_DAYS = {
     "*": {"expiry_warning": 30, "expiry_critical": 7},
@@ -604,7 +644,7 @@ def demo_series() -> list[dict[str, str]]:
                 ),
                 _series("intune_graph_requests_total", RISING.format(3), tenant=tenant, code="200"),
             ]
-        for collector in ("ade", "vpp", "apns"):
+        for collector in ("ade", "ade_devices", "vpp", "apns"):
             out.append(
                 _series(
                     "intune_tenant_collector_up",
@@ -672,6 +712,64 @@ def demo_series() -> list[dict[str, str]]:
             _series("intune_vpp_token_state", CONSTANT.format(int(s == state)), **token, state=s)
             for s in VPP_STATES
         ]
+    # The demo reads devices at start: their timestamps are as old as the series are long.
+    start = 0
+    for tenant, name, platform, states, (waiting, oldest), default in ADE_DEVICES:
+        token = {"tenant": tenant, "token_id": _token_id("ade", name), "token_name": name}
+        out += [
+            _series(
+                "intune_ade_devices",
+                CONSTANT.format(states.get(state, 0)),
+                **token,
+                platform=platform,
+                enrollment_state=state,
+            )
+            for state in DEVICE_STATES
+        ]
+        out += [
+            _series(
+                "intune_ade_devices_without_profile",
+                CONSTANT.format(waiting),
+                **token,
+                platform=platform,
+            ),
+            _series(
+                "intune_ade_devices_deleted_in_apple",
+                CONSTANT.format(0),
+                **token,
+                platform=platform,
+            ),
+        ]
+        if oldest is not None:
+            out.append(
+                _series(
+                    "intune_ade_devices_without_profile_oldest_timestamp_seconds",
+                    CONSTANT.format(start - oldest),
+                    **token,
+                    platform=platform,
+                )
+            )
+        for each in ("ios", "macos", "tvos", "visionos"):
+            has = int(each == platform and default is not None)
+            out.append(
+                _series(
+                    "intune_ade_token_default_profile",
+                    CONSTANT.format(has),
+                    **token,
+                    platform=each,
+                )
+            )
+        if default is not None:
+            out.append(
+                _series(
+                    "intune_ade_token_default_profile_info",
+                    CONSTANT.format(1),
+                    **token,
+                    platform=platform,
+                    profile_id=f"profile-{name.lower().replace(' ', '-')}",
+                    profile_name=default,
+                )
+            )
     for tenant, days in APNS_DAYS.items():
         apple_id = f"mdm-push@{tenant}.example"
         out += [
@@ -767,6 +865,82 @@ def _expected_results() -> list[dict[str, Any]]:
         # Northwind Kiosk (assignedToExternalMDM), Northwind Field (sync failed)
         (_panel_expr(overview, "Sync error or invalid state"), _samples(("{}", 5))),
         (_panel_expr(overview, "Tenants failing to poll"), _samples(("{}", 1))),
+        # 14 Fabrikam iPads, 6 Fabrikam Macs, 25 of Northwind Shared
+        (_panel_expr(overview, "Devices without a profile"), _samples(("{}", 45))),
+        (_panel_expr(overview, "Failed enrollments"), _samples(("{}", 4))),  # Fabrikam iPads
+        (
+            _panel_expr(overview, "Tenants with the most devices without a profile"),
+            _samples(('{tenant="northwind"}', 25), ('{tenant="fabrikam"}', 20)),
+        ),
+        (
+            _panel_expr(overview, "Tenants with the most failed enrollments"),
+            _samples(('{tenant="fabrikam"}', 4)),
+        ),
+        (
+            _panel_expr(TENANT_DETAIL_UID, "ADE devices by state"),
+            _samples(
+                (
+                    _labels(
+                        token_name="Fabrikam iPads", platform="ios", enrollment_state="enrolled"
+                    ),
+                    2540,
+                ),
+                (
+                    _labels(
+                        token_name="Fabrikam iPads", platform="ios", enrollment_state="notContacted"
+                    ),
+                    44,
+                ),
+                (
+                    _labels(token_name="Fabrikam iPads", platform="ios", enrollment_state="failed"),
+                    4,
+                ),
+                (
+                    _labels(
+                        token_name="Fabrikam Macs", platform="macos", enrollment_state="enrolled"
+                    ),
+                    42,
+                ),
+                (
+                    _labels(
+                        token_name="Fabrikam Macs",
+                        platform="macos",
+                        enrollment_state="notContacted",
+                    ),
+                    6,
+                ),
+            ),
+        ),
+        (
+            _panel_expr(TENANT_DETAIL_UID, "Devices without an enrollment profile", "A"),
+            _samples(
+                (_labels(token_name="Fabrikam iPads", platform="ios"), 14),
+                (_labels(token_name="Fabrikam Macs", platform="macos"), 6),
+            ),
+        ),
+        (
+            # Evaluated at 60m: the oldest was created its wait before the series began.
+            _panel_expr(TENANT_DETAIL_UID, "Devices without an enrollment profile", "B"),
+            _samples(
+                (_labels(token_name="Fabrikam iPads", platform="ios"), 3 * DAY + 5 * HOUR + HOUR),
+                (_labels(token_name="Fabrikam Macs", platform="macos"), 5 * HOUR + HOUR),
+            ),
+        ),
+        (
+            _panel_expr(TENANT_DETAIL_UID, "Default enrollment profiles", "B"),
+            _samples(
+                (
+                    _labels(
+                        token_name="Fabrikam iPads", platform="ios", profile_name="Fabrikam iPad"
+                    ),
+                    1,
+                ),
+            ),
+        ),
+        (
+            f"sum({_panel_expr(TENANT_DETAIL_UID, 'Default enrollment profiles', 'A')})",
+            _samples(("{}", 1)),  # of 2 tokens x 4 platforms, only the iPads' iOS default is set
+        ),
         (_panel_expr(health, "Tenants up"), _samples(("{}", 4))),
         (_panel_expr(health, "Tenants down"), _samples(("{}", 1))),
         (_panel_expr(health, "Throttled requests"), _samples(("{}", 0))),

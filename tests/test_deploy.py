@@ -523,7 +523,7 @@ def check_exporter_config(
         monkeypatch.setenv(key, value)
     config = parse_config(raw, str(path))
     assert len(config.tenants) >= 2
-    assert set(config.collect) == {"ade", "vpp", "apns"}
+    assert set(config.collect) == {"ade", "ade_devices", "vpp", "apns"}
     return originals
 
 

@@ -102,6 +102,11 @@ def _ade(alertname: str, tenant: str, token: str) -> Expected:
     return Expected(alertname, tenant, token, (("apple_id", f"abm-admin@{tenant}.example"),))
 
 
+def _devices(alertname: str, tenant: str, token: str, platform: str) -> Expected:
+    # No apple_id: the device alerts come from the ade_devices collector alone.
+    return Expected(alertname, tenant, token, (("platform", platform),))
+
+
 def _vpp(alertname: str, tenant: str, token: str, **labels: str) -> Expected:
     extra = (("apple_id", f"vpp@{tenant}.example"), *sorted(labels.items()))
     return Expected(alertname, tenant, token, extra)
@@ -118,6 +123,14 @@ EXPECTED_FIRING: tuple[Expected, ...] = (
     _ade("IntuneAdeTokenSyncError", "northwind", "Northwind School"),  # code 3
     _ade("IntuneAdeTokenSyncStale", "northwind", "Northwind Shared"),  # synced 11 d ago
     _ade("IntuneAdeTokenSyncStale", "northwind", "Northwind Loaners"),  # synced 3 d ago
+    # 14 iPads without a profile for up to 3 days
+    _devices("IntuneAdeDevicesWithoutProfile", "fabrikam", "Fabrikam iPads", "ios"),
+    # 25 devices without a profile for up to 9 days (muted: the token has expired)
+    _devices("IntuneAdeDevicesWithoutProfile", "northwind", "Northwind Shared", "ios"),
+    # 6 Macs waiting, no default macOS profile
+    _devices("IntuneAdeDefaultProfileMissing", "fabrikam", "Fabrikam Macs", "macos"),
+    # 10 iPads waiting, no default iOS profile (muted: the token fails to sync)
+    _devices("IntuneAdeDefaultProfileMissing", "northwind", "Northwind School", "ios"),
     _vpp("IntuneVppTokenExpiringSoon", "fabrikam", "Fabrikam Education"),  # -3 d
     _vpp("IntuneVppTokenExpiringCritical", "fabrikam", "Fabrikam Education"),
     _vpp("IntuneVppTokenExpired", "fabrikam", "Fabrikam Education"),
@@ -135,11 +148,12 @@ EXPECTED_FIRING: tuple[Expected, ...] = (
     *(Expected("IntuneExporterAuthFailing", tenant) for tenant in DOWN_TENANTS),
 )
 # Fire too, but only after a down tenant's fourth failed poll; their own test waits for them.
-# The rule judges each collector, and all three of each down tenant's fail.
+# The rule judges each collector, and all four of each down tenant's fail (ade_devices runs
+# only hourly, but it never succeeded, and the tenant's polls are counted).
 EXPECTED_STALE = tuple(
     Expected("IntuneExporterTenantDataStale", tenant, collector, (("last_success", "never"),))
     for tenant in DOWN_TENANTS
-    for collector in ("ade", "vpp", "apns")
+    for collector in ("ade", "ade_devices", "vpp", "apns")
 )
 
 # Rules the demo must not raise for any tenant.
@@ -148,6 +162,9 @@ SILENT_RULES = (
     "IntuneApnsCertificateExpired",
     "IntuneExporterPermissionMissing",  # the demo never answers 403
     "IntuneExporterDown",
+    # Needs the failed count to rise; the demo's failed devices stay as they are (and its
+    # devices are read once an hour). The promtool unit tests cover the rise.
+    "IntuneAdeEnrollmentFailures",
 )
 HEALTHY_TENANTS = ("contoso", "woodgrove", "Alpine Ski House", "Litware Inc")
 
@@ -166,6 +183,11 @@ INHIBITED: dict[tuple[str, str, str | None], set[str]] = {
         "IntuneVppTokenExpired",
     },
     ("IntuneAdeTokenSyncStale", "northwind", "Northwind Shared"): {"IntuneAdeTokenExpired"},
+    # The cause outranks the symptom: a token expired or in sync error mutes its device alerts.
+    ("IntuneAdeDevicesWithoutProfile", "northwind", "Northwind Shared"): {"IntuneAdeTokenExpired"},
+    ("IntuneAdeDefaultProfileMissing", "northwind", "Northwind School"): {
+        "IntuneAdeTokenSyncError"
+    },
     # May be delivered once before AuthFailing fires (it needs a second poll), muted after.
     **{
         ("IntuneExporterTenantDown", tenant, None): {
@@ -184,6 +206,9 @@ EXPECTED_STATS = {
     # Northwind School, Northwind Field, Fabrikam Education, Northwind Retail, Northwind Kiosk
     (OVERVIEW_UID, "Sync error or invalid state"): 5,
     (OVERVIEW_UID, "Tenants failing to poll"): 2,  # tailspin, Adatum
+    # Fabrikam iPads 14, Fabrikam Macs 6, Northwind Shared 25
+    (OVERVIEW_UID, "Devices without a profile"): 45,
+    (OVERVIEW_UID, "Failed enrollments"): 4,  # Fabrikam iPads
     (EXPORTER_HEALTH_UID, "Tenants up"): 6,
     (EXPORTER_HEALTH_UID, "Tenants down"): 2,
     (EXPORTER_HEALTH_UID, "Poll interval"): 15,

@@ -74,10 +74,12 @@ async def test_metrics_endpoint_values(world: World, http: aiohttp.ClientSession
     assert one(samples, "intune_tenant_info", tenant="contoso", cloud="global") == 1.0
     assert one(samples, "intune_tenant_up", tenant="contoso") == 1.0
     assert one(samples, "intune_tenant_polls_total", tenant="contoso") == 1.0
-    assert one(samples, "intune_graph_requests_total", tenant="contoso", code="200") == 3.0
+    # ade, vpp and apns one request each; ade_devices lists the token, reads its defaults and
+    # its (here empty) devices.
+    assert one(samples, "intune_graph_requests_total", tenant="contoso", code="200") == 6.0
     assert one(samples, "intune_exporter_poll_interval_seconds") == 300.0
     assert one(samples, "intune_tenant_poll_duration_seconds", tenant="contoso") > 0
-    for collector in ("ade", "vpp", "apns"):
+    for collector in ("ade", "ade_devices", "vpp", "apns"):
         for reason in ("auth", "forbidden"):  # pre-created so increase() sees the first error
             assert (
                 one(

@@ -321,7 +321,9 @@ async def test_one_access_token_serves_every_collector_and_later_polls(world: Wo
     assert [r.credential for r in world.cloud.token_requests] == ["secret"]
     tokens = {r.token for r in world.cloud.requests_for(sim.tenant_id)}
     assert len(tokens) == 1
-    assert len(world.cloud.requests_for(sim.tenant_id)) == 6
+    # The first poll: ade, vpp and apns one request each, ade_devices three (the tokens, the
+    # token's defaults, its devices). The second: ade_devices is not due (hourly by default).
+    assert len(world.cloud.requests_for(sim.tenant_id)) == 6 + 3
 
 
 async def test_token_expiring_mid_run_is_replaced(world: World) -> None:

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from exporter.graph import GraphClient
-from exporter.kinds import KINDS, ade, apns, vpp
+from exporter.kinds import KINDS, ade, ade_devices, apns, vpp
 
 from .conftest import World
-from .graph_data import ade_item, apns_item, vpp_item
+from .graph_data import ade_item, apns_item, device_item, vpp_item
 
 
 class Recording(dict[str, Any]):
@@ -56,10 +56,27 @@ def rich_apns() -> dict[str, Any]:
     return item
 
 
+def rich_devices() -> list[dict[str, Any]]:
+    # Between them, every property matters: a platform, a state, a profile assigned to a device
+    # not yet enrolled, a device waiting without one since its creation, a deleted one, one an
+    # admin imported, and their last contacts.
+    return [
+        device_item("waiting", platform="macOS", state="notContacted", profile_id=None),
+        device_item("assigned", state="failed", profile_id="profile-ios"),
+        device_item("deleted", deleted=True),
+        device_item("imported", source="adminImport"),
+    ]
+
+
+def rich_device() -> dict[str, Any]:
+    return device_item("rich", platform="macOS", state="notContacted", source="adminImport")
+
+
 CASES: list[tuple[str, ModuleType, Callable[[dict[str, Any]], Any], Callable[[], Any]]] = [
     ("ade", ade, ade.parse_token, rich_ade),
     ("vpp", vpp, vpp.parse_token, rich_vpp),
     ("apns", apns, apns.parse_certificate, rich_apns),
+    ("ade_devices", ade_devices, ade_devices.parse_device, rich_device),
 ]
 
 
@@ -82,9 +99,13 @@ async def test_removing_any_selected_property_changes_the_records(
     parse: Callable[[dict[str, Any]], Any],
     item: Callable[[], Any],
 ) -> None:
-    data = {"ade": "ade_tokens", "vpp": "vpp_tokens", "apns": "apns_certificate"}[name]
-    value = item()
-    world.add("contoso", **{data: value if name == "apns" else [value]})
+    if name == "ade_devices":
+        token = ade_item("Devices")
+        world.add("contoso", ade_tokens=[token], devices={token["id"]: rich_devices()})
+    else:
+        data = {"ade": "ade_tokens", "vpp": "vpp_tokens", "apns": "apns_certificate"}[name]
+        value = item()
+        world.add("contoso", **{data: value if name == "apns" else [value]})
     exporter = await world.exporter(collect=[name])
     await exporter.poll_all_once()
     graph: GraphClient = exporter._scheduler._pollers["contoso"]._graph  # type: ignore[assignment]

@@ -12,10 +12,12 @@ replaces docs/status-page.png, the one README shows:
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import struct
 import subprocess
+import urllib.request
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -152,12 +154,22 @@ def dom(demo: Exporter) -> TableParser:
 
 
 def _credentials(dom: TableParser) -> dict[tuple[str, str], Row]:
+    """The credentials' rows by (tenant, name), in page order (not the tokens' device rows)."""
     rows = {
         (row.cells[0], row.cells[2]): row
         for row in dom.tables["credentials"]
-        if len(row.cells) == 9
+        if len(row.cells) == 9 and row.cells[1] != "ADE devices"
     }
     return rows
+
+
+def _device_rows(dom: TableParser) -> dict[tuple[str, str], Row]:
+    """The rows of the ADE tokens' devices by (tenant, token name), in page order."""
+    return {
+        (row.cells[0], row.cells[2]): row
+        for row in dom.tables["credentials"]
+        if len(row.cells) == 9 and row.cells[1] == "ADE devices"
+    }
 
 
 def test_every_tenant_is_listed_with_its_status(dom: TableParser) -> None:
@@ -220,7 +232,7 @@ def test_every_credential_is_listed_soonest_expiry_first(dom: TableParser) -> No
     assert rows[("northwind", "Northwind Spare")].cells[6] == "never"
     # A tenant the exporter cannot sign in to says so instead of showing nothing.
     no_data = [row.cells for row in dom.tables["credentials"] if row.cells[0] == "tailspin"]
-    assert [cells[1] for cells in no_data] == ["ade", "vpp", "apns"]
+    assert [cells[1] for cells in no_data] == ["ade", "ade_devices", "vpp", "apns"]
     assert all(cells[2].startswith("no data: auth: ") for cells in no_data)
     assert all("AADSTS7000215" in cells[2] for cells in no_data)
 
@@ -263,6 +275,53 @@ def test_every_credential_links_its_microsoft_renewal_page(dom: TableParser) -> 
     assert ("troubleshoot", links.ADE_SYNC_TROUBLESHOOTING) in school.links
 
 
+def test_the_devices_of_each_token_are_listed_in_words(dom: TableParser) -> None:
+    devices = _device_rows(dom)
+    problems = {key: row.cells[7] for key, row in devices.items()}
+    assert problems == {
+        ("fabrikam", "Fabrikam iPads"): "14 devices without an enrollment profile, oldest 3 days; "
+        "4 devices failed to enroll",
+        ("fabrikam", "Fabrikam Macs"): "6 devices without an enrollment profile, oldest 5 hours; "
+        "no default macOS profile; 6 Macs waiting",
+        ("northwind", "Northwind Shared"): "25 devices without an enrollment profile, "
+        "oldest 9 days",
+        ("northwind", "Northwind School"): "no default iOS/iPadOS profile; "
+        "10 iPhones and iPads waiting",
+        # Healthy: listed, nothing to do.
+        ("contoso", "Contoso iOS"): "—",
+        ("Alpine Ski House", "Alpine iPads"): "—",
+        ("Litware Inc", "Litware Macs"): "—",
+    }
+    for row in devices.values():
+        # Not a credential: no expiry to count down, no Apple ID, no sync of its own.
+        assert row.cells[3:7] == ["—", "—", "—", "—"], row.cells
+    # The ones with a problem are among those that need attention, before every calm row.
+    order = [
+        (row.cells[0], row.cells[2], row.cells[7])
+        for row in dom.tables["credentials"]
+        if len(row.cells) == 9
+    ]
+    first_calm = next(i for i, (_, _, problem) in enumerate(order) if problem == "—")
+    troubled = {key for key, problem in problems.items() if problem != "—"}
+    assert {(t, n) for t, n, _ in order[:first_calm]} >= troubled
+    ipads = devices[("fabrikam", "Fabrikam iPads")]
+    assert ("enrollment profiles", links.ADE_ENROLLMENT_PROFILE) in ipads.links
+    assert ("troubleshoot", links.ADE_ENROLLMENT_TROUBLESHOOTING) in ipads.links
+    macs = devices[("fabrikam", "Fabrikam Macs")]
+    assert ("enrollment profiles", links.ADE_ENROLLMENT_PROFILE_MACOS) in macs.links
+    assert [text for text, _ in devices[("contoso", "Contoso iOS")].links] == [
+        "enrollment profiles"
+    ]
+
+
+def test_no_serial_number_is_shown(demo: Exporter) -> None:
+    with urllib.request.urlopen(demo.base_url + "/", timeout=10) as response:
+        page = response.read().decode()
+    assert "Fabrikam iPads" in page
+    # The demo's made-up serial numbers are DEMO and eight hexadecimal digits.
+    assert not re.search(r"DEMO[0-9A-F]{8}", page)
+
+
 def _png_size_and_pixels(data: bytes) -> tuple[int, int, bytes]:
     """Width, height and the raw (filtered) scanlines of a PNG, without an imaging library."""
     assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
@@ -299,18 +358,23 @@ def test_rows_without_data_come_first_shaded_and_counted(demo: Exporter, tmp_pat
     rows = dom.tables["credentials"]
     # The two down tenants' collectors (no data at all), then the APNs certificate northwind
     # never set up, then the credentials needing care; the healthy ones last.
-    first = [(row.cells[0], row.cells[1]) for row in rows[:7]]
-    assert sorted(first[:6]) == sorted(
-        (tenant, kind)
-        for tenant in ("tailspin", "Adatum Corporation")
-        for kind in ("ade", "vpp", "apns")
+    collectors = ("ade", "ade_devices", "vpp", "apns")
+    down = len(collectors) * 2
+    first = [(row.cells[0], row.cells[1]) for row in rows[: down + 1]]
+    assert sorted(first[:down]) == sorted(
+        (tenant, kind) for tenant in ("tailspin", "Adatum Corporation") for kind in collectors
     )
-    assert all(row.classes == {"nodata"} for row in rows[:6])
-    assert first[6] == ("northwind", "APNs certificate") and rows[6].classes == {"attention"}
+    assert all(row.classes == {"nodata"} for row in rows[:down])
+    assert first[down] == ("northwind", "APNs certificate")
+    assert rows[down].classes == {"attention"}
     credentials = [row for row in rows if len(row.cells) == 9]
     attention = [row for row in credentials if row.cells[7] != "—"]
-    # Counted in the headline: 6 without data, 1 not set up and every credential with a problem.
-    assert f"{7 + len(attention)} of {7 + len(credentials)} need attention" in _headline(html)
+    # Counted in the headline: the rows without data, the certificate not set up, and every
+    # credential (and ADE token's devices) with a problem.
+    notes = down + 1
+    assert f"{notes + len(attention)} of {notes + len(credentials)} need attention" in (
+        _headline(html)
+    )
     # Every row with a problem is shaded: by expiry level, else as needing attention.
     for row in attention:
         assert row.classes & {"expired", "critical", "warning", "attention"}, row.cells
@@ -322,8 +386,8 @@ def test_the_filter_and_problems_only(demo: Exporter, tmp_path: Path) -> None:
     html, dom = _page(demo, tmp_path, "?q=NORTHWIND")
     assert {row.cells[0] for row in dom.tables["credentials"]} == {"northwind"}
     assert [row.cells[0] for row in dom.tables["tenants"]] == ["northwind"]
-    # 4 ADE and 3 VPP tokens, and the APNs certificate it never set up
-    assert "Showing 8 of " in _headline(html) and "1 of 8 tenants" in _headline(html)
+    # 4 ADE and 3 VPP tokens, the APNs certificate it never set up, 2 tokens' devices
+    assert "Showing 10 of " in _headline(html) and "1 of 8 tenants" in _headline(html)
     assert 'name="q" value="NORTHWIND"' in html
     # By tenant ID too, as the box offers: the tenant and all its rows.
     tenant_id = next(r.cells[2] for r in dom.tables["tenants"] if r.cells[0] == "northwind")

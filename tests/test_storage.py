@@ -112,7 +112,8 @@ async def test_a_restart_while_graph_is_down_serves_the_kept_records(
     # The APNs certificate is back without its serial number (never on disk).
     (apns,) = samples["intune_apns_certificate_info"]
     assert apns[0]["serial_number"] == "" and apns[0]["apple_id"] == "push@contoso.example"
-    assert values(samples, "intune_exporter_storage_restored_records") == [4.0]
+    # Two ADE tokens, one VPP token, the certificate, and the two tokens' device counts.
+    assert values(samples, "intune_exporter_storage_restored_records") == [6.0]
     assert not second.store.ready  # /-/ready still means "every tenant polled once"
     assert second.store.tenant("contoso").restored
 
@@ -202,7 +203,7 @@ async def test_the_file_holds_no_secret_and_no_serial_number(world: World, tmp_p
     assert (doc["format"], doc["version"]) == ("intune-apple-token-exporter-state", 1)
     kept = doc["tenants"]["contoso"]
     assert kept["tenant_id"] == tenant_guid("contoso") and kept["cloud"] == "global"
-    assert sorted(kept["collectors"]) == ["ade", "apns", "vpp"]
+    assert sorted(kept["collectors"]) == ["ade", "ade_devices", "apns", "vpp"]
     assert {r["name"] for r in kept["collectors"]["ade"]["records"]} == {"Kept iPads", "Gone Macs"}
     await first.close()
     # No temporary file is left behind.

@@ -16,6 +16,7 @@ import ssl
 import time
 import uuid
 from collections import defaultdict, deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -81,6 +82,9 @@ class Fault:
     wait: asyncio.Event | None = None  # answer only once this is set (a hanging Graph)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)  # set when it is used
     chunked: bool = False  # no Content-Length: the body's size is known only once read
+    # Only for a request whose query this accepts (two collectors read one path with different
+    # queries); the others pass it by.
+    when: Callable[[Mapping[str, str]], bool] | None = None
 
 
 @dataclass
@@ -250,8 +254,9 @@ class SimulatedCloud:
             )
         tenant = self.tenants[owner[0]]
         faults = self._faults.get((tenant.tenant_id, request.path))
-        if faults:
-            fault = faults.popleft()
+        fault = next((f for f in faults or () if f.when is None or f.when(request.query)), None)
+        if faults and fault is not None:
+            faults.remove(fault)
             fault.arrived.set()
             if fault.wait is not None:
                 await fault.wait.wait()

@@ -104,6 +104,180 @@ def _apns(tenant: str, now: float, *, expires_in_days: float) -> dict[str, Any]:
     }
 
 
+def _devices(
+    tenant: str,
+    token: str,
+    now: float,
+    count: int,
+    *,
+    platform: str = "ios",
+    state: str = "enrolled",
+    profile: str | None = "default",
+    created_ago: float = 60 * DAY,
+    spread: float = 0.0,
+    deleted: bool = False,
+) -> list[dict[str, Any]]:
+    """`count` imported Apple devices of one token; the n-th was created `n * spread / count`
+    seconds after the oldest (`created_ago`), and a profile name stands for its id."""
+    items = []
+    for n in range(count):
+        key = f"{token}/{platform}/{state}/{profile}/{deleted}/{n}"
+        created = now - created_ago + (spread * n / count if count else 0.0)
+        enrolled = state == "enrolled"
+        items.append(
+            {
+                "@odata.type": "#microsoft.graph.importedAppleDeviceIdentity",
+                "id": _id(tenant, "device", key),
+                # A made-up serial: the exporter must never show it.
+                "serialNumber": "DEMO" + _id(tenant, "serial", key).replace("-", "")[:8].upper(),
+                "requestedEnrollmentProfileId": _id(tenant, "profile", token, profile)
+                if profile
+                else None,
+                "requestedEnrollmentProfileAssignmentDateTime": iso(created + HOUR)
+                if profile
+                else "0001-01-01T00:00:00Z",
+                "isSupervised": True,
+                "discoverySource": "deviceEnrollmentProgram",
+                "isDeleted": deleted,
+                "createdDateTime": iso(created),
+                "lastContactedDateTime": iso(now - 6 * HOUR) if enrolled else None,
+                "description": None,
+                "enrollmentState": state,
+                "platform": platform,
+            }
+        )
+    return items
+
+
+def _profile(tenant: str, token: str, name: str) -> dict[str, Any]:
+    """An enrollment profile, as a default-profile navigation of a token expands it."""
+    return {
+        "@odata.type": "#microsoft.graph.depIOSEnrollmentProfile",
+        "id": _id(tenant, "profile", token, "default"),
+        "displayName": name,
+        "description": None,
+        "requiresUserAuthentication": True,
+    }
+
+
+def _device_data(now: float) -> dict[str, dict[str, Any]]:
+    """Per tenant: `devices` and `default_profiles` of its tokens (SimTenant's fields)."""
+    data: dict[str, dict[str, Any]] = {}
+
+    def token(
+        tenant: str,
+        name: str,
+        devices: list[list[dict[str, Any]]],
+        defaults: dict[str, str | None],
+    ) -> None:
+        token_id = _id(tenant, "ade", name)
+        entry = data.setdefault(tenant, {"devices": {}, "default_profiles": {}})
+        entry["devices"][token_id] = [item for group in devices for item in group]
+        entry["default_profiles"][token_id] = {
+            platform: None if profile is None else _profile(tenant, name, profile)
+            for platform, profile in defaults.items()
+        }
+
+    # Contoso: healthy, every device enrolled with the default profile.
+    token(
+        "contoso",
+        "Contoso iOS",
+        [_devices("contoso", "Contoso iOS", now, 120)],
+        {"ios": "Contoso iPhone and iPad"},
+    )
+    # Fabrikam iPads: thousands of devices (three pages of Graph's 1,000), 14 of them waiting
+    # without a profile for up to 3 days, a few failed enrollments, some released in Apple
+    # Business Manager.
+    ipads = "Fabrikam iPads"
+    token(
+        "fabrikam",
+        ipads,
+        [
+            _devices("fabrikam", ipads, now, 2540),
+            _devices("fabrikam", ipads, now, 30, state="notContacted", created_ago=2 * DAY),
+            _devices(
+                "fabrikam",
+                ipads,
+                now,
+                14,
+                state="notContacted",
+                profile=None,
+                created_ago=3 * DAY + 5 * HOUR,
+                spread=2 * DAY,
+            ),
+            _devices("fabrikam", ipads, now, 4, state="failed", created_ago=5 * DAY),
+            _devices("fabrikam", ipads, now, 12, deleted=True, created_ago=400 * DAY),
+        ],
+        {"ios": "Fabrikam iPad", "macos": None, "tvos": None, "visionos": None},
+    )
+    # Fabrikam Macs: no default macOS profile, so the 6 Macs Apple assigned this morning wait.
+    macs = "Fabrikam Macs"
+    token(
+        "fabrikam",
+        macs,
+        [
+            _devices("fabrikam", macs, now, 42, platform="macOS"),
+            _devices(
+                "fabrikam",
+                macs,
+                now,
+                6,
+                platform="macOS",
+                state="notContacted",
+                profile=None,
+                created_ago=5 * HOUR,
+                spread=HOUR,
+            ),
+        ],
+        {"ios": None, "macos": None},
+    )
+    # Northwind: the symptoms of tokens in trouble, which the token alerts outrank: devices of
+    # the expired token wait without a profile, the school's iPads have no default profile.
+    shared = "Northwind Shared"
+    token(
+        "northwind",
+        shared,
+        [
+            _devices("northwind", shared, now, 180),
+            _devices(
+                "northwind",
+                shared,
+                now,
+                25,
+                state="notContacted",
+                profile=None,
+                created_ago=9 * DAY,
+                spread=8 * DAY,
+            ),
+        ],
+        {"ios": "Northwind Shared iPad"},
+    )
+    school = "Northwind School"
+    token(
+        "northwind",
+        school,
+        [
+            _devices("northwind", school, now, 300, profile="classroom"),
+            _devices("northwind", school, now, 10, state="notContacted", profile="classroom"),
+        ],
+        {"ios": None},
+    )
+    # Found through GDAP: healthy.
+    token(
+        "alpine",
+        "Alpine iPads",
+        [_devices("alpine", "Alpine iPads", now, 120)],
+        {"ios": "Alpine iPad"},
+    )
+    token(
+        "litware",
+        "Litware Macs",
+        [_devices("litware", "Litware Macs", now, 120, platform="macOS")],
+        {"macos": "Litware Mac"},
+    )
+    return data
+
+
 def demo_tenants(now: float) -> dict[str, SimTenant]:
     """The demo's tenants, by name, with data relative to `now`."""
     app = SimApp(DEMO_CLIENT_ID, secret=DEMO_SECRET)
@@ -117,8 +291,8 @@ def demo_tenants(now: float) -> dict[str, SimTenant]:
         "fabrikam": SimTenant(
             _id("fabrikam"),
             ade_tokens=[
-                _ade("fabrikam", "Fabrikam iPads", now, expires_in_days=20),
-                _ade("fabrikam", "Fabrikam Macs", now, expires_in_days=5),
+                _ade("fabrikam", "Fabrikam iPads", now, expires_in_days=20, devices=2600),
+                _ade("fabrikam", "Fabrikam Macs", now, expires_in_days=5, devices=48),
             ],
             vpp_tokens=[
                 _vpp(
@@ -224,6 +398,9 @@ def demo_tenants(now: float) -> dict[str, SimTenant]:
     tenants["litware"].apps[app.client_id] = app
     # Adatum is a GDAP customer whose admin never consented: no service principal (AADSTS700016).
     tenants["adatum"] = SimTenant(_id("adatum"))
+    for name, data in _device_data(now).items():
+        tenants[name].devices = data["devices"]
+        tenants[name].default_profiles = data["default_profiles"]
     return tenants
 
 

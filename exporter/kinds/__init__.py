@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Final
 
 from .ade import AdeTokenKind
+from .ade_devices import AdeDevicesKind
 from .apns import ApnsCertificateKind
 from .base import CredentialKind
 from .vpp import VppTokenKind
 
 KINDS: Final[dict[str, CredentialKind]] = {
-    kind.name: kind for kind in (AdeTokenKind(), VppTokenKind(), ApnsCertificateKind())
+    kind.name: kind
+    for kind in (AdeTokenKind(), AdeDevicesKind(), VppTokenKind(), ApnsCertificateKind())
 }
 
 __all__ = ["KINDS", "CredentialKind"]

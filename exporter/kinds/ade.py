@@ -169,7 +169,7 @@ class AdeTokenKind:
             if token.synced_devices is not None:
                 yield "intune_ade_token_synced_devices", labels, float(token.synced_devices)
 
-    def status_rows(self, records: Records) -> list[StatusRow]:
+    def status_rows(self, records: Records, now: float) -> list[StatusRow]:
         token: AdeToken
         rows = []
         for token in records:

@@ -122,7 +122,7 @@ class ApnsCertificateKind:
                 yield "intune_apns_certificate_expiry_timestamp_seconds", labels, expires
                 yield "intune_apns_certificate_days_to_expiry", labels, expires
 
-    def status_rows(self, records: Records) -> list[StatusRow]:
+    def status_rows(self, records: Records, now: float) -> list[StatusRow]:
         return [
             StatusRow(
                 kind=self.title,

@@ -33,10 +33,15 @@ class StatusRow:
     detail: str | None = None  # shown as a tooltip on the name
     # The threshold (exporter.thresholds) a sync older than is a problem; None: not judged.
     stale_after: str | None = None
+    # False for a row that is not a credential with an expiry (a token's devices): no expiry
+    # is judged, and none is missed.
+    expires: bool = True
+    renew_label: str = "renew"  # the words of the link to `renew_url`
 
 
 class CredentialKind(Protocol):
-    """One kind of Apple credential (ADE tokens, VPP tokens, the APNs certificate)."""
+    """One kind of Apple credential (ADE tokens, VPP tokens, the APNs certificate), or what a
+    credential serves (the devices of ADE tokens)."""
 
     @property
     def name(self) -> str:
@@ -83,8 +88,8 @@ class CredentialKind(Protocol):
         """Samples for one tenant's records (a derived family's value is its timestamp)."""
         ...
 
-    def status_rows(self, records: Records) -> list[StatusRow]:
-        """Rows for the HTML status page."""
+    def status_rows(self, records: Records, now: float) -> list[StatusRow]:
+        """Rows for the HTML status page rendered at `now`."""
         ...
 
     def incomplete(self, records: Records) -> int:

@@ -157,7 +157,7 @@ class VppTokenKind:
                 yield "intune_vpp_token_last_sync_timestamp_seconds", labels, token.last_sync_at
                 yield "intune_vpp_token_last_sync_age_seconds", labels, token.last_sync_at
 
-    def status_rows(self, records: Records) -> list[StatusRow]:
+    def status_rows(self, records: Records, now: float) -> list[StatusRow]:
         token: VppToken
         rows = []
         for token in records:
