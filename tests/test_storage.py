@@ -429,9 +429,11 @@ def test_the_real_process_keeps_state_across_a_restart(tmp_path: Path) -> None:
     scraped: list[dict[str, list[tuple[dict[str, str], float]]]] = []
 
     first = run("first.log")
-    assert scraped[0]["intune_exporter_storage_restored_records"] == [({}, 0.0)]  # first start
-    assert scraped[0]["intune_exporter_storage_write_errors_total"] == [({}, 0.0)]
-    first.stop()
+    try:
+        assert scraped[0]["intune_exporter_storage_restored_records"] == [({}, 0.0)]  # first
+        assert scraped[0]["intune_exporter_storage_write_errors_total"] == [({}, 0.0)]
+    finally:
+        first.stop()  # also when an assertion fails: no exporter left running after the test
     assert first.popen.returncode == 0
     doc = json.loads((state / FILE_NAME).read_text())
     assert {"contoso", "fabrikam", "northwind", "woodgrove"} <= set(doc["tenants"])
@@ -441,10 +443,14 @@ def test_the_real_process_keeps_state_across_a_restart(tmp_path: Path) -> None:
     assert "Adatum Corporation" not in doc["tenants"]
 
     second = run("second.log")
-    kept = sum(len(c["records"]) for t in doc["tenants"].values() for c in t["collectors"].values())
-    assert scraped[1]["intune_exporter_storage_restored_records"] == [({}, float(kept))]
-    assert "intune_exporter_storage_last_write_timestamp_seconds" not in scraped[1]  # not yet
-    second.stop()
+    try:
+        kept = sum(
+            len(c["records"]) for t in doc["tenants"].values() for c in t["collectors"].values()
+        )
+        assert scraped[1]["intune_exporter_storage_restored_records"] == [({}, float(kept))]
+        assert "intune_exporter_storage_last_write_timestamp_seconds" not in scraped[1]
+    finally:
+        second.stop()
     log = second.log()
     assert "kept state read: serving its records until each tenant's first poll" in log
     assert "tenants=4" in log
