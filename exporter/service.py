@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from .auth import MsalTokenProvider
-from .config import ExporterConfig, TenantConfig
+from .config import ExporterConfig, GdapDiscovery, TenantConfig
 from .discovery import (
     DISCOVERY_DEADLINE,
     RETRY_AFTER_FAILURE,
@@ -85,7 +85,7 @@ class Exporter:
         for tenant in self.tenants:
             self._add(tenant)  # pollers come with open()
         self._ready_logged = False
-        self.store.subscribe(self._note_ready)
+        self.store.subscribe(lambda name, state: self._log_if_ready())
         # (last reload successful, when the config last came into force): the reload metrics.
         self.reload_status: tuple[bool, float] = (True, time.time())
         self._keeper_task: asyncio.Task[None] | None = None
@@ -110,7 +110,8 @@ class Exporter:
         )
         return keeper
 
-    def _note_ready(self, name: str, state: object) -> None:
+    def _log_if_ready(self) -> None:
+        """Log readiness once: after a poll lands, or after the first discovery answered."""
         if self._ready_logged or not self.store.ready or self._started_at is None:
             return
         self._ready_logged = True
@@ -258,7 +259,7 @@ class Exporter:
                 return await self._refresh_discovery()
             finally:
                 self.store.release()  # answered: ready once what it found was polled
-                self._note_ready("", None)  # when it found nothing new, no poll will tell
+                self._log_if_ready()  # when it found nothing new, no poll will tell
 
     async def _refresh_discovery(self) -> bool:
         gdap, state = self._base_config.gdap, self.discovery
@@ -270,24 +271,19 @@ class Exporter:
                 _, self._partner = self._clients(gdap.partner)
             async with asyncio.timeout(DISCOVERY_DEADLINE):
                 customers = await fetch_customers(self._partner)
-        except Exception as exc:  # whatever fails, discovery keeps going
-            error = (
-                exc
-                if isinstance(exc, PollError)
-                else PollError("timeout", f"no answer within {DISCOVERY_DEADLINE:g}s")
-                if isinstance(exc, TimeoutError)
-                else PollError("invalid_response", f"{type(exc).__name__} (a bug; see the log)")
+        except PollError as exc:
+            return self._discovery_failed(gdap, state, exc)
+        except TimeoutError:
+            return self._discovery_failed(
+                gdap, state, PollError("timeout", f"no answer within {DISCOVERY_DEADLINE:g}s")
             )
-            if not isinstance(exc, PollError | TimeoutError):
-                log.exception("GDAP discovery crashed")
-            state.up = False
-            state.errors[error.reason] += 1
-            state.last_error = failure_text(error)
-            log.warning(
-                f"GDAP discovery failed; the tenants found before stay: {error}",
-                extra={"reason": error.reason, "partner_tenant_id": gdap.partner_tenant_id},
+        except Exception as exc:  # a bug: counted and logged, and discovery goes on
+            log.exception("GDAP discovery crashed")
+            return self._discovery_failed(
+                gdap,
+                state,
+                PollError("invalid_response", f"{type(exc).__name__} (a bug; see the log)"),
             )
-            return False
         if self._base_config.gdap is not gdap:
             return False  # a reload changed discovery meanwhile; its own discovery follows
         self._customers = customers
@@ -303,6 +299,18 @@ class Exporter:
             },
         )
         return True
+
+    @staticmethod
+    def _discovery_failed(gdap: GdapDiscovery, state: DiscoveryState, error: PollError) -> bool:
+        """Count and log a failed discovery; the tenants found before stay."""
+        state.up = False
+        state.errors[error.reason] += 1
+        state.last_error = failure_text(error)
+        log.warning(
+            f"GDAP discovery failed; the tenants found before stay: {error}",
+            extra={"reason": error.reason, "partner_tenant_id": gdap.partner_tenant_id},
+        )
+        return False
 
     async def _discover_forever(self, *, now: bool) -> None:
         """Discovery (at once if `now`), then every refresh interval; sooner after a failure."""

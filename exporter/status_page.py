@@ -256,8 +256,8 @@ def render_status_page(
     )
     shown = len(assessed) + len(notes)
     # Missing data first (it hides whatever it would show), then the credentials needing care.
-    credential_rows = "".join(n.html() for n in notes if n.level == "nodata")
-    credential_rows += "".join(n.html() for n in notes if n.level != "nodata")
+    notes.sort(key=lambda note: note.level != "nodata")
+    credential_rows = "".join(note.html() for note in notes)
     credential_rows += "".join(_credential_row(item, now) for item in assessed)
     if not credential_rows:
         credential_rows = (

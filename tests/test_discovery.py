@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from exporter.config import parse_config
+from exporter.config import GdapDiscovery, TenantConfig, parse_config
 from exporter.demo.simulator import GDAP_PATH, SimApp, SimTenant
 from exporter.discovery import Customer, discovered_tenants
 from exporter.kinds import KINDS
@@ -98,21 +98,12 @@ async def test_customers_over_several_pages_filtered_by_include_and_exclude(worl
     assert one(exporter, "intune_discovery_refresh_interval_seconds") == 6 * 3600
 
 
-def test_duplicate_names_and_a_configured_tenant_that_wins() -> None:
+def listed_with_gdap(*listed: tuple[str, str]) -> tuple[GdapDiscovery, tuple[TenantConfig, ...]]:
+    """A loaded config with discovery and these (name, tenant id) tenants listed."""
     doc = {
         "tenants": [
-            {
-                "name": "contoso-own",
-                "tenant_id": tenant_guid("Contoso"),
-                "client_id": CLIENT_ID,
-                "client_secret": "own-secret",
-            },
-            {
-                "name": "Woodgrove",
-                "tenant_id": tenant_guid("woodgrove-listed"),
-                "client_id": CLIENT_ID,
-                "client_secret": "own-secret",
-            },
+            {"name": name, "tenant_id": tenant_id, "client_id": CLIENT_ID, "client_secret": "own"}
+            for name, tenant_id in listed
         ],
         "discovery": {
             "gdap": {"partner_tenant_id": PARTNER, "client_id": CLIENT_ID, "client_secret": "p"}
@@ -120,13 +111,20 @@ def test_duplicate_names_and_a_configured_tenant_that_wins() -> None:
     }
     loaded = parse_config(doc, "test.yaml")
     assert loaded.gdap is not None
+    return loaded.gdap, loaded.tenants
+
+
+def test_duplicate_names_and_a_configured_tenant_that_wins() -> None:
+    gdap, listed = listed_with_gdap(
+        ("contoso-own", tenant_guid("Contoso")), ("Woodgrove", tenant_guid("woodgrove-listed"))
+    )
     customers = [
         Customer(tenant_guid("Contoso"), "Contoso"),  # listed under its own name: not twice
         Customer(tenant_guid("a"), "Adatum"),
         Customer(tenant_guid("b"), "Adatum"),
         Customer(tenant_guid("w"), "Woodgrove"),  # a listed tenant's name, another directory
     ]
-    found = discovered_tenants(loaded.gdap, customers, loaded.tenants)
+    found = discovered_tenants(gdap, customers, listed)
     assert [t.name for t in found] == [
         f"Adatum ({tenant_guid('a')[:8]})",
         f"Adatum ({tenant_guid('b')[:8]})",
@@ -134,7 +132,7 @@ def test_duplicate_names_and_a_configured_tenant_that_wins() -> None:
     ]
     assert {t.source for t in found} == {"gdap"}
     # Stable: the same names whatever order Graph lists them in.
-    again = discovered_tenants(loaded.gdap, customers[::-1], loaded.tenants)
+    again = discovered_tenants(gdap, customers[::-1], listed)
     assert sorted(t.name for t in again) == sorted(t.name for t in found)
 
 
@@ -216,30 +214,14 @@ def test_long_display_names_are_cut_before_they_are_made_unique() -> None:
     long_name = "A" * 127 + " Holdings"
     twin = "B" * 130  # two customers whose names differ only past 128 characters
     configured_name = "C" * 128
-    doc = {
-        "tenants": [
-            {
-                "name": configured_name,
-                "tenant_id": tenant_guid("c-listed"),
-                "client_id": CLIENT_ID,
-                "client_secret": "own-secret",
-            }
-        ],
-        "discovery": {
-            "gdap": {"partner_tenant_id": PARTNER, "client_id": CLIENT_ID, "client_secret": "p"}
-        },
-    }
-    loaded = parse_config(doc, "test.yaml")
-    assert loaded.gdap is not None
+    gdap, listed = listed_with_gdap((configured_name, tenant_guid("c-listed")))
     customers = [
         Customer(tenant_guid("long"), long_name),
         Customer(tenant_guid("b1"), twin + "X"),
         Customer(tenant_guid("b2"), twin + "Y"),
         Customer(tenant_guid("c"), configured_name + "DE"),  # cut, it is the configured name
     ]
-    found = {
-        t.tenant_id: t.name for t in discovered_tenants(loaded.gdap, customers, loaded.tenants)
-    }
+    found = {t.tenant_id: t.name for t in discovered_tenants(gdap, customers, listed)}
     assert found[tenant_guid("long")] == "A" * 127  # cut at 128, the trailing space dropped
     suffixed = 128 - len(" (12345678)")
     assert found[tenant_guid("b1")] == f"{'B' * suffixed} ({tenant_guid('b1')[:8]})"
