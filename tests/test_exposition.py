@@ -373,3 +373,32 @@ async def test_a_change_shows_in_the_next_scrape_over_http(
     sim.ade_tokens = [ade_item("Contoso iOS"), ade_item("Contoso Macs")]
     await exporter.poll_all_once()
     assert await token_names() == ["Contoso Macs", "Contoso iOS"]
+
+
+def test_gzip_scrapes_reuse_compressed_families_until_they_change() -> None:
+    store, lines = generated_store(20)
+    cache = lines.exposition
+    for openmetrics in (False, True):
+        plain = render(lines.layout, lines.parts(), NOW, openmetrics=openmetrics)
+        body, joined = render_snapshot(
+            cache.snapshot(), NOW, openmetrics=openmetrics, compress=True
+        )
+        assert gzip.decompress(b"".join(body)) == plain
+    cache.keep(cache.snapshot(), joined)
+    kept = cache.snapshot().families
+    info = lines.layout.index["intune_ade_token_info"]
+    polls = lines.layout.index["intune_tenant_polls_total"]
+    assert kept[info] is not None and kept[info].deflated is not None
+    name = "tenant-00003"
+    store.record_poll(name, {"ade": store.tenant(name).collectors["ade"].records or ()}, NOW, 2)
+    second = cache.snapshot()
+    assert second.families[polls] is None  # changed: joined and compressed again
+    assert second.families[info] is kept[info]  # unchanged: its compressed lines are reused
+    later = NOW + 3600  # the time-derived families are compressed per scrape, at its clock
+    body, joined = render_snapshot(second, later, openmetrics=True, compress=True)
+    text = gzip.decompress(b"".join(body))
+    assert text == render(lines.layout, lines.parts(), later, openmetrics=True)
+    samples = samples_by_name(text.decode())
+    assert one(samples, "intune_tenant_polls_total", tenant=name) == 2.0
+    cache.keep(second, joined)
+    assert cache.snapshot().families[polls] is joined[polls]

@@ -1,0 +1,122 @@
+"""One gzip member stitched from pieces compressed at different times.
+
+A scrape with Prometheus's headers asks for gzip. Compressing the whole exposition per scrape
+cost 60-80 % of such a scrape (9 MB at 1,000 tenants, 92 MB at 10,000), although most families
+do not change between scrapes. A `Deflated` piece is compressed once, when its bytes change, and
+reused: deflate blocks ended by a sync flush are byte-aligned and carry no final-block flag, and a
+fresh compressor never refers back before its own input, so such pieces concatenate into one
+valid deflate stream (as pigz builds its parallel output). The gzip trailer needs the CRC-32 of
+the whole body: each piece keeps its own CRC and the operator that shifts a CRC past its length,
+and the pieces' CRCs are combined as zlib's `crc32_combine` does, in one polynomial
+multiplication per piece instead of reading every byte again.
+
+The result is a single gzip member, so every gzip reader decodes it, including those that stop
+after the first member. Python's zlib has no `crc32_combine`, hence the arithmetic here.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+
+# The reflected CRC-32 polynomial of gzip (and zlib.crc32).
+_POLY: Final = 0xEDB88320
+_X0: Final = 1 << 31  # the polynomial "1" in reflected bit order
+# gzip header: magic, deflate, no flags, no mtime (the body is not a file), no extra flags,
+# unknown OS (as RFC 1952 allows).
+_GZIP_HEADER: Final = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+# What a fresh raw compressor writes on Z_FINISH with no input: an empty final block.
+_FINAL_BLOCK: Final = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS).flush(zlib.Z_FINISH)
+
+
+def _multmodp(a: int, b: int) -> int:
+    """a x b modulo the CRC polynomial (zlib's `multmodp`)."""
+    m = _X0
+    p = 0
+    while m:
+        if a & m:
+            p ^= b
+            if not a & (m - 1):
+                break
+        m >>= 1
+        b = (b >> 1) ^ _POLY if b & 1 else b >> 1
+    return p
+
+
+def _powers() -> tuple[int, ...]:
+    out = [1 << 30]  # x^1
+    for _ in range(31):
+        out.append(_multmodp(out[-1], out[-1]))
+    return tuple(out)
+
+
+_X2N: Final = _powers()  # x^(2^k) modulo the polynomial
+
+
+def _shift_for(length: int) -> int:
+    """x^(8 x length) modulo the polynomial: what moves a CRC past `length` bytes."""
+    p = _X0
+    k = 3
+    while length:
+        if length & 1:
+            p = _multmodp(_X2N[k & 31], p)
+        length >>= 1
+        k += 1
+    return p
+
+
+def crc32_combine(crc1: int, crc2: int, shift2: int) -> int:
+    """The CRC-32 of A + B from A's CRC, B's CRC and `_shift_for(len(B))`."""
+    return _multmodp(shift2, crc1) ^ crc2
+
+
+@dataclass(frozen=True, slots=True)
+class Deflated:
+    """Raw deflate of some bytes, ended on a byte boundary, with what the gzip trailer needs."""
+
+    data: bytes
+    crc: int
+    length: int
+    shift: int
+
+
+def deflate(raw: bytes, level: int) -> Deflated:
+    """Compress `raw` as a piece that can sit anywhere in a stitched stream."""
+    compressor = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
+    data = compressor.compress(raw) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    return Deflated(data, zlib.crc32(raw), len(raw), _shift_for(len(raw)))
+
+
+def gzip_pieces(pieces: Iterable[bytes | Deflated], level: int) -> list[bytes]:
+    """One gzip member of the pieces, in order, as chunks of the body.
+
+    `bytes` pieces are compressed here, each run of them by one fresh compressor (a compressor
+    that had seen the bytes before a `Deflated` piece could refer back across it).
+    """
+    out = [_GZIP_HEADER]
+    crc = 0
+    length = 0
+    compressor = None
+    for piece in pieces:
+        if isinstance(piece, Deflated):
+            if compressor is not None:
+                out.append(compressor.flush(zlib.Z_SYNC_FLUSH))
+                compressor = None
+            if piece.length:
+                out.append(piece.data)
+                crc = crc32_combine(crc, piece.crc, piece.shift)
+                length += piece.length
+        elif piece:
+            if compressor is None:
+                compressor = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
+            out.append(compressor.compress(piece))
+            crc = zlib.crc32(piece, crc)
+            length += len(piece)
+    if compressor is not None:
+        out.append(compressor.flush(zlib.Z_SYNC_FLUSH))
+    out.append(_FINAL_BLOCK)
+    out.append(struct.pack("<II", crc, length & 0xFFFFFFFF))
+    return out

@@ -1,0 +1,70 @@
+"""Pieces compressed at different times make one gzip member every reader decodes."""
+
+from __future__ import annotations
+
+import gzip
+import random
+import zlib
+
+import pytest
+
+from exporter.deflate import Deflated, crc32_combine, deflate, gzip_pieces
+from exporter.deflate import _shift_for as shift_for
+
+
+def _decode_one_member(body: bytes) -> bytes:
+    """As a reader that stops after the first gzip member would (aiohttp, browsers)."""
+    decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    out = decoder.decompress(body)
+    assert decoder.eof, "the member never ended"
+    assert decoder.unused_data == b"", "more than one member"
+    return out
+
+
+def _decode_raw(data: bytes) -> bytes:
+    decoder = zlib.decompressobj(-zlib.MAX_WBITS)
+    return decoder.decompress(data)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_crc32_combine_equals_crc32_of_the_concatenation(seed: int) -> None:
+    rng = random.Random(seed)
+    a = rng.randbytes(rng.randint(0, 5000))
+    b = rng.randbytes(rng.choice([0, 1, 7, 255, 256, 65537, rng.randint(0, 300_000)]))
+    combined = crc32_combine(zlib.crc32(a), zlib.crc32(b), shift_for(len(b)))
+    assert combined == zlib.crc32(a + b)
+
+
+def test_stitched_pieces_are_one_member_with_the_right_bytes() -> None:
+    rng = random.Random(7)
+    text = b'intune_ade_token_info{tenant="contoso"} 1.0\n' * 3000
+    pieces: list[bytes | Deflated] = [
+        b"# HELP a b\n",
+        deflate(text, 1),
+        b"",  # nothing written for an empty piece
+        deflate(b"", 1),  # nor for an empty compressed one
+        b"one run " * 500,
+        b"of several chunks\n",
+        deflate(rng.randbytes(70_000), 6),  # incompressible: stored blocks
+        deflate(text[:999], 9),
+        b"# EOF\n",
+    ]
+    expected = b"".join(p if isinstance(p, bytes) else _decode_raw(p.data) for p in pieces)
+    body = b"".join(gzip_pieces(pieces, 1))
+    assert _decode_one_member(body) == expected
+    assert gzip.decompress(body) == expected
+    # The trailer carries the CRC and length that gzip readers check.
+    assert int.from_bytes(body[-8:-4], "little") == zlib.crc32(expected)
+    assert int.from_bytes(body[-4:], "little") == len(expected)
+
+
+def test_a_corrupted_piece_is_caught_by_the_crc() -> None:
+    # A piece whose CRC does not match its bytes (as a stale cache would give) fails to decode.
+    good = deflate(b"abc" * 100, 1)
+    wrong = Deflated(good.data, good.crc ^ 1, good.length, good.shift)
+    with pytest.raises(gzip.BadGzipFile):
+        gzip.decompress(b"".join(gzip_pieces([b"x", wrong], 1)))
+
+
+def test_no_pieces_is_an_empty_body() -> None:
+    assert gzip.decompress(b"".join(gzip_pieces([], 1))) == b""
