@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from exporter import graph as graph_module
-from exporter.auth import AuthSettings, ClientSecret, MsalTokenProvider
+from exporter.auth import AuthSettings, ClientSecret, ClientSecretFile, MsalTokenProvider
 from exporter.demo.simulator import ADE_PATH, APNS_PATH, VPP_PATH, Fault, TokenFault
 from exporter.errors import GraphError, PollError
 from exporter.graph import GraphClient
@@ -303,7 +303,7 @@ async def test_a_failed_authority_discovery_says_what_went_wrong(
     assert error.reason == ("network" if fault.status >= 500 else "auth")
 
 
-async def test_an_unreadable_secret_file_does_not_fail_while_a_client_exists(
+async def test_an_unreadable_secret_file_does_not_fail_once_it_was_read(
     world: World, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     secret_file = tmp_path / "secret"
@@ -343,6 +343,43 @@ async def test_msal_calls_have_a_total_deadline(world: World, ca_file: Path) -> 
     assert caught.value.reason == "timeout"
     assert "within 0.5s" in caught.value.message
     pool.shutdown(wait=False, cancel_futures=True)  # the abandoned call never blocks this
+
+
+async def test_the_msal_client_is_let_go_once_it_has_given_a_token(
+    world: World, ca_file: Path, tmp_path: Path
+) -> None:
+    sim = world.add("contoso")
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET)
+    settings = AuthSettings(
+        "contoso",
+        f"{world.cloud.base_url}/{sim.tenant_id}",
+        CLIENT_ID,
+        f"{world.cloud.base_url}/.default",
+        ClientSecretFile(secret_file),
+    )
+    now = [1000.0]
+    pool = ThreadPoolExecutor(2)
+    tokens = MsalTokenProvider(
+        settings,
+        http_client=MsalHttpClient(client_ssl_context(ca_file), 60),
+        executor=pool,
+        clock=lambda: now[0],
+    )
+    entra = world.cloud.entra
+    try:
+        first = await tokens.token()
+        assert tokens._app is None  # nothing of MSAL's kept per tenant between tokens
+        assert (len(entra.discovery_requests), len(entra.token_requests)) == (1, 1)
+        assert await tokens.token() == first  # held until shortly before it expires
+        assert (len(entra.discovery_requests), len(entra.token_requests)) == (1, 1)
+        now[0] += 3600  # past its use-by time: a new client, from the credential read before
+        second = await tokens.token()
+        assert second != first
+        assert tokens._app is None
+        assert (len(entra.discovery_requests), len(entra.token_requests)) == (2, 2)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 # --- hung polls and liveness --------------------------------------------------------------------

@@ -91,6 +91,7 @@ class EntraFake:
         self._lifetime_of = lifetime_of
         self._base_url = base_url
         self.token_requests: deque[TokenRequest] = deque(maxlen=REQUEST_LOG_SIZE)
+        self.discovery_requests: deque[str] = deque(maxlen=REQUEST_LOG_SIZE)  # tenant each
         self.tokens: dict[str, tuple[str, float]] = {}  # access token -> (tenant, expires at)
         self._faults: dict[tuple[str, bool], deque[TokenFault]] = defaultdict(deque)
 
@@ -99,6 +100,7 @@ class EntraFake:
 
     async def discovery(self, request: web.Request) -> web.StreamResponse:
         tenant = request.match_info["tenant"]
+        self.discovery_requests.append(tenant)
         faults = self._faults.get((tenant, True))
         if faults:
             return await self._fault(faults.popleft())
