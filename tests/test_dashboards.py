@@ -2,24 +2,35 @@
 
 Grafana itself is not available here, so the queries are checked with Prometheus' own tools:
 `promtool check rules` parses every substituted expression, and `promtool test rules` evaluates
-them on series shaped like the `--demo` data and compares the results.
+them on the series the real exporter serves for the `--demo` tenants and compares the results.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 import shutil
 import subprocess
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+import pytest_asyncio
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import links
-from exporter.kinds.vpp import KNOWN_STATES
+from exporter.config import ExporterConfig, ThresholdSettings
+from exporter.demo.simulator import SimulatedCloud
+from exporter.demo.tenants import DEMO_POLL_INTERVAL, demo_config, demo_tenants
+from exporter.metrics import metric_specs
+from exporter.server import build_app, start_site
+from exporter.service import Exporter
 from tests.grafana_queries import (
     DASHBOARD_DIR,
     DEMO_VARIABLES,
@@ -341,8 +352,6 @@ def test_exporter_health_covers_the_issue() -> None:
 
 
 def test_every_metric_is_one_the_exporter_exposes() -> None:
-    from exporter.metrics import metric_specs
-
     exposed = {spec.name for spec in metric_specs()}
     panel_queries, variable_queries = all_demo_queries()
     for query in panel_queries:
@@ -519,277 +528,279 @@ def test_promtool_parses_every_query(tmp_path: Path) -> None:
     assert f"SUCCESS: {len(panel_queries) + len(variable_queries)} rules found" in result.stdout
 
 
-# Series shaped like `--demo` (exporter/demo.py) as the exporter exposes them, so that the
-# queries' results can be asserted exactly without starting anything.
+# --- the demo's series, as the real exporter serves them --------------------------------------
+
+# The dashboard queries run on what `--demo` serves: the demo tenants on the simulator, polled by
+# the real exporter (GDAP discovery included) and scraped from its /metrics handler. promtool
+# then needs each series over time, so the samples are extended the way the running exporter
+# moves them, one 15 s poll (the demo's interval) per sample; `_movement` says how per family.
 JOB_LABELS = {"job": "intune-apple-token-exporter", "instance": "127.0.0.1:9893"}
-VPP_STATES = KNOWN_STATES
 HOUR, DAY = 3600, 86400
-CONSTANT, RISING = "{}x400", "0+{}x400"  # 400 samples, 15 s apart: 100 minutes of data
+STEP = DEMO_POLL_INTERVAL  # seconds between samples: one poll per sample
+SAMPLES = 400  # 0 to 99m45s
+EVAL_AT = 60 * 60  # the queries are evaluated at 60m, the 241st sample
+# Every 240th poll (1 h) is a full one: the ade_devices collector (collector_intervals default
+# 1h) runs again, and so does GDAP discovery (the demo's refresh_interval 1h).
+FULL_ROUND = int(HOUR / STEP)
+# The demo's data as the simulator holds it; ids and names do not depend on the clock.
+DEMO = demo_tenants(0.0)
 
-# tenant, token name, days left, lastSyncErrorCode, last successful sync age (None: never)
-ADE_TOKENS = [
-    ("contoso", "Contoso iOS", 200, 0, 6 * HOUR),
-    ("fabrikam", "Fabrikam iPads", 20, 0, 6 * HOUR),
-    ("fabrikam", "Fabrikam Macs", 5, 0, 6 * HOUR),
-    ("northwind", "Northwind Shared", -10, 0, 11 * DAY),
-    ("northwind", "Northwind School", 150, 3, 6 * HOUR),
-    ("northwind", "Northwind Loaners", 180, 0, 3 * DAY),
-    ("northwind", "Northwind Spare", 300, 0, None),
-] + [("woodgrove", f"Woodgrove Branch {n:02d}", 100 + 3 * n, 0, 6 * HOUR) for n in range(1, 46)]
-# tenant, token name, days left, state, lastSyncStatus failed
-VPP_TOKENS = [
-    ("contoso", "Contoso Apps", 300, "valid", False),
-    ("fabrikam", "Fabrikam Education", -3, "expired", False),
-    ("northwind", "Northwind Retail", 90, "invalid", False),
-    ("northwind", "Northwind Kiosk", 120, "assignedToExternalMDM", False),
-    ("northwind", "Northwind Field", 200, "valid", True),
-    ("woodgrove", "Woodgrove Apps", 280, "valid", False),
-]
-APNS_DAYS = {"contoso": 250, "fabrikam": 12, "woodgrove": 300}  # northwind has none
-DEVICE_STATES = ("unknown", "enrolled", "pendingReset", "failed", "notContacted", "blocked")
-# tenant, token name, platform, {state: devices}, (devices without a profile, oldest wait),
-# default profile of the platform (None: none)
-ADE_DEVICES = [
-    ("contoso", "Contoso iOS", "ios", {"enrolled": 120}, (0, None), "Contoso iPhone and iPad"),
-    (
-        "fabrikam",
-        "Fabrikam iPads",
-        "ios",
-        {"enrolled": 2540, "notContacted": 44, "failed": 4},
-        (14, 3 * DAY + 5 * HOUR),
-        "Fabrikam iPad",
-    ),
-    (
-        "fabrikam",
-        "Fabrikam Macs",
-        "macos",
-        {"enrolled": 42, "notContacted": 6},
-        (6, 5 * HOUR),
-        None,
-    ),
-    (
-        "northwind",
-        "Northwind Shared",
-        "ios",
-        {"enrolled": 180, "notContacted": 25},
-        (25, 9 * DAY),
-        "Northwind Shared iPad",
-    ),
-    (
-        "northwind",
-        "Northwind School",
-        "ios",
-        {"enrolled": 300, "notContacted": 10},
-        (0, None),
-        None,
-    ),
-]
-TENANTS = ["contoso", "fabrikam", "northwind", "woodgrove", "tailspin"]  # tailspin: auth fails
-THRESHOLD_DAYS = {
-    "*": {"expiry_warning": 30, "expiry_critical": 7},
-    "contoso": {"expiry_warning": 210, "expiry_critical": 7},
-}
+SeriesKey = tuple[str, tuple[tuple[str, str], ...]]
 
 
-def _token_id(kind: str, name: str) -> str:
-    return f"{kind}-{name.lower().replace(' ', '-')}"
+@dataclass(frozen=True)
+class Scrape:
+    """One /metrics body: every sample by (name, labels), and which names are counters."""
+
+    samples: dict[SeriesKey, float]
+    counters: frozenset[str]
+
+    @classmethod
+    def parse(cls, text: str) -> Scrape:
+        samples: dict[SeriesKey, float] = {}
+        counters: set[str] = set()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                samples[(sample.name, tuple(sample.labels.items()))] = sample.value
+                if family.type == "counter":
+                    counters.add(sample.name)
+        return cls(samples, frozenset(counters))
+
+    def value(self, name: str, **labels: str) -> float:
+        (found,) = [v for (n, ls), v in self.samples.items() if n == name and dict(ls) == labels]
+        return found
 
 
-def _series(metric: str, values: str, **labels: str) -> dict[str, str]:
-    text = ", ".join(f'{k}="{v}"' for k, v in {**JOB_LABELS, **labels}.items())
-    return {"series": f"{metric}{{{text}}}", "values": values}
+@dataclass(frozen=True)
+class DemoScrapes:
+    now: float  # the exporter's clock at the first sample: promtool's time 0
+    first: Scrape  # after the first poll of every tenant, at `now`
+    first_later: Scrape  # the same, one step later: what moves with the clock alone
+    second: Scrape  # after the second poll, at `now`: what moves with polling
+    # After a reload that gives contoso its own expiry_warning of 210 days, at `now` and later.
+    contoso_210d: Scrape
+    contoso_210d_later: Scrape
 
 
-def demo_series() -> list[dict[str, str]]:
-    """promtool input series for the whole demo."""
-    out = [
-        _series("intune_exporter_build_info", CONSTANT.format(1), version="0.1.0"),
-        _series("intune_exporter_poll_interval_seconds", CONSTANT.format(15)),
-        _series("intune_graph_requests_total", RISING.format(1), tenant="northwind", code="404"),
-        _series("intune_apns_certificate_configured", CONSTANT.format(0), tenant="northwind"),
-        _series("intune_exporter_shard_info", CONSTANT.format(1), shard="0", total_shards="1"),
-        _series("intune_exporter_tenants", CONSTANT.format(len(TENANTS))),
+def _contoso_warns_210_days_ahead(config: ExporterConfig) -> ExporterConfig:
+    early = ThresholdSettings(expiry_warning=210 * DAY)
+    tenants = tuple(
+        t.model_copy(update={"thresholds": early}) if t.name == "contoso" else t
+        for t in config.tenants
+    )
+    return config.model_copy(update={"tenants": tenants})
+
+
+async def scrape_demo() -> DemoScrapes:
+    """Poll the demo tenants twice as `--demo` does and scrape /metrics in between."""
+    # Whole seconds, so that the demo's "expires in 20 days" is 20.0 at the first sample; a few
+    # seconds ahead, so that the polls (real wall-clock timestamps) come before the first scrape.
+    now = float(math.ceil(time.time()) + 10)
+    cloud = SimulatedCloud()
+    for tenant in demo_tenants(now).values():
+        cloud.add_tenant(tenant)
+    await cloud.start()
+    config = demo_config(cloud.base_url)
+    exporter = Exporter(config, ca_data=cloud.ca_pem)
+    scrape_clock = now
+    app = build_app(
+        exporter.store,
+        exporter.lines,
+        exporter_samples=exporter.exporter_samples,
+        clock=lambda: scrape_clock,
+    )
+    runner, port = await start_site(app, "127.0.0.1", 0)
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def scrape(at: float) -> Scrape:
+                nonlocal scrape_clock
+                scrape_clock = at
+                async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+                    assert response.status == 200
+                    return Scrape.parse(await response.text())
+
+            # What `Exporter.start()` runs: the first discovery (its customers become tenants),
+            # and a poll of every tenant.
+            await exporter.open()
+            assert await exporter.refresh_discovery()
+            await exporter.poll_all_once()
+            first, first_later = await scrape(now), await scrape(now + STEP)
+            await exporter.poll_all_once()
+            second = await scrape(now)
+            await exporter.apply(_contoso_warns_210_days_ahead(config))
+            contoso_210d, contoso_210d_later = await scrape(now), await scrape(now + STEP)
+    finally:
+        await runner.cleanup()
+        await exporter.close()
+        await cloud.stop()
+    return DemoScrapes(now, first, first_later, second, contoso_210d, contoso_210d_later)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def demo() -> DemoScrapes:
+    return await scrape_demo()
+
+
+@dataclass(frozen=True)
+class Movement:
+    """A series over the samples: `start` at the first, plus `step` at every sample, plus
+    `jump` (on top of `step`) at every full round."""
+
+    start: float
+    step: float = 0.0
+    jump: float = 0.0
+
+
+# Families whose samples move with polling (every other family must not): the times of the last
+# poll and of each collector's last success, and the poll's duration.
+LAST_POLL = "intune_tenant_last_successful_poll_timestamp_seconds"
+COLLECTOR_SUCCESS = "intune_tenant_collector_last_success_timestamp_seconds"
+POLL_DURATION = "intune_tenant_poll_duration_seconds"
+DISCOVERY_SUCCESS = "intune_discovery_last_success_timestamp_seconds"
+DERIVED = {spec.name: spec.derived for spec in metric_specs() if spec.derived is not None}
+POLLED = {LAST_POLL, COLLECTOR_SUCCESS, POLL_DURATION, DISCOVERY_SUCCESS}
+
+
+def _movement(key: SeriesKey, now: float, first: Scrape, later: Scrape, second: Scrape) -> Movement:
+    """How a sample of `first` moves: `later` is the same state one step later, `second` the
+    state after one more poll."""
+    name, label_items = key
+    labels = dict(label_items)
+    value, polled = first.samples[key], second.samples.get(key)
+    if name.endswith("_timestamp_seconds"):
+        value -= now  # promtool's clock starts at 0: ages come out as the exporter's
+    if name in first.counters:
+        # They rise as under 15 s polling, so that the rate panels (polls, poll errors, Graph
+        # requests per hour) show the exporter's real rates, not zero: each poll adds what the
+        # second one added, a full round what the first one did (it ran every collector).
+        assert polled is not None, key
+        regular = polled - first.samples[key]
+        return Movement(value, regular, first.samples[key] - regular)
+    if name == LAST_POLL:
+        assert polled != first.samples[key], key
+        return Movement(value, STEP)
+    if name == COLLECTOR_SUCCESS:
+        interval = first.value("intune_tenant_collector_interval_seconds", **labels)
+        assert interval in (STEP, FULL_ROUND * STEP), key
+        assert (polled != first.samples[key]) == (interval == STEP), key
+        return Movement(value, STEP) if interval == STEP else Movement(value, 0.0, interval)
+    if name == DISCOVERY_SUCCESS:
+        assert first.value("intune_discovery_refresh_interval_seconds") == FULL_ROUND * STEP
+        return Movement(value, 0.0, FULL_ROUND * STEP)
+    if name == POLL_DURATION:
+        return Movement(value)  # it varies from poll to poll; the first one's stays
+    assert polled == first.samples[key], f"{key} moves with polling; say how in _movement"
+    # Days to expiry and ages move with the scrape's clock: by one step's worth per sample,
+    # which is what the exporter shows one step later (the difference itself carries rounding
+    # noise, so the exact step is used).
+    moved = later.samples[key] - first.samples[key]
+    derived = DERIVED.get(name)
+    if derived is None:
+        assert moved == 0, key
+        return Movement(value)
+    step = -STEP / DAY if derived == "days_until" else STEP
+    assert moved == pytest.approx(step, rel=1e-9), key
+    return Movement(value, step)
+
+
+def _number(value: float) -> str:
+    return repr(float(value))
+
+
+def _values(movement: Movement) -> str:
+    """promtool's expanding notation: `a+bxN` is a, a+b, ... a+N*b (N+1 samples)."""
+    segments = []
+    for start in range(0, SAMPLES, FULL_ROUND):
+        count = min(FULL_ROUND, SAMPLES - start)
+        value = movement.start + movement.step * start + movement.jump * (start // FULL_ROUND)
+        step = movement.step
+        sign = "-" if step < 0 else "+"
+        slope = f"{sign}{_number(abs(step))}" if step else ""
+        segments.append(f"{_number(value)}{slope}x{count - 1}")
+    return " ".join(segments)
+
+
+def _series_text(key: SeriesKey) -> str:
+    name, labels = key
+    escaped = {k: v.replace("\\", "\\\\").replace('"', '\\"') for k, v in labels}
+    text = ", ".join(f'{k}="{v}"' for k, v in {**JOB_LABELS, **escaped}.items())
+    return f"{name}{{{text}}}"
+
+
+def input_series(
+    now: float, first: Scrape, later: Scrape, second: Scrape, names: set[str] | None = None
+) -> list[dict[str, str]]:
+    """promtool input series of every sample of `first` (or of only the families `names`)."""
+    assert first.samples.keys() == later.samples.keys() == second.samples.keys()
+    return [
+        {"series": _series_text(key), "values": _values(_movement(key, now, first, later, second))}
+        for key in first.samples
+        if names is None or key[0] in names
     ]
-    for n, tenant in enumerate(TENANTS):
-        up = int(tenant != "tailspin")
-        tenant_id = f"0000000{n}-0000-4000-8000-000000000000"
-        out += [
-            _series(
-                "intune_tenant_info",
-                CONSTANT.format(1),
-                tenant=tenant,
-                tenant_id=tenant_id,
-                cloud="global",
-            ),
-            _series("intune_tenant_up", CONSTANT.format(up), tenant=tenant),
-            _series("intune_tenant_poll_duration_seconds", CONSTANT.format(0.4), tenant=tenant),
-            _series("intune_tenant_polls_total", RISING.format(1), tenant=tenant),
-        ]
-        # As the exporter exports them; contoso warns 210 days ahead (its own `thresholds:`).
-        for threshold, days in THRESHOLD_DAYS.get(tenant, THRESHOLD_DAYS["*"]).items():
-            out.append(
-                _series(
-                    "intune_tenant_threshold_seconds",
-                    CONSTANT.format(days * 86400),
-                    tenant=tenant,
-                    threshold=threshold,
-                )
+
+
+def demo_series(demo: DemoScrapes) -> list[dict[str, str]]:
+    """The series of `--demo`."""
+    return input_series(demo.now, demo.first, demo.first_later, demo.second)
+
+
+def contoso_210d_series(demo: DemoScrapes, names: set[str]) -> list[dict[str, str]]:
+    """The families `names` after the reload; none of them moves with polling (asserted), so
+    the reloaded state serves as its own next poll."""
+    first = demo.contoso_210d
+    assert not names & (POLLED | first.counters), names
+    return input_series(demo.now, first, demo.contoso_210d_later, first, names)
+
+
+def test_input_series_move_as_the_exporter_does(demo: DemoScrapes) -> None:
+    series = {s["series"]: s["values"] for s in demo_series(demo)}
+    assert len(series) == len(demo.first.samples) > 1000
+
+    def values(name: str, **labels: str) -> str:
+        return series[_series_text((name, tuple(labels.items())))]
+
+    ipads = {"tenant": "fabrikam", "token_id": _ade_token("Fabrikam iPads")["id"]}
+    ipads["token_name"] = "Fabrikam iPads"
+    # 20 days at the first sample, then 15 s less per sample; absolute times count from time 0.
+    step = _number(STEP / DAY)
+    assert values("intune_ade_token_days_to_expiry", **ipads) == (
+        f"20.0-{step}x239 {_number(20.0 - STEP / DAY * FULL_ROUND)}-{step}x159"
+    )
+    assert values("intune_ade_token_expiry_timestamp_seconds", **ipads) == (
+        f"{_number(20 * DAY)}x239 {_number(20 * DAY)}x159"
+    )
+    assert values("intune_ade_token_last_successful_sync_age_seconds", **ipads) == (
+        f"3600.0+15.0x239 {_number(HOUR + FULL_ROUND * STEP)}+15.0x159"
+    )
+    # Polled every 15 s, but ade_devices only every hour (and discovery with it).
+    polled = demo.first.value(LAST_POLL, tenant="fabrikam") - demo.now
+    assert values(LAST_POLL, tenant="fabrikam") == (
+        f"{_number(polled)}+15.0x239 {_number(polled + HOUR)}+15.0x159"
+    )
+    assert values(COLLECTOR_SUCCESS, tenant="fabrikam", collector="ade_devices") == (
+        f"{_number(polled)}x239 {_number(polled + HOUR)}x159"
+    )
+    discovered = demo.first.value(DISCOVERY_SUCCESS) - demo.now
+    assert (
+        values(DISCOVERY_SUCCESS) == f"{_number(discovered)}x239 {_number(discovered + HOUR)}x159"
+    )
+    # One poll per sample; tailspin's token request fails at every poll, so every collector's
+    # (ade_devices' only when it runs, at the full rounds) auth errors count up.
+    assert values("intune_tenant_polls_total", tenant="tailspin") == "1.0+1.0x239 241.0+1.0x159"
+    for collector, expected in (
+        ("ade", "1.0+1.0x239 241.0+1.0x159"),
+        ("ade_devices", "1.0x239 2.0x159"),
+    ):
+        assert (
+            values(
+                "intune_tenant_poll_errors_total",
+                tenant="tailspin",
+                collector=collector,
+                reason="auth",
             )
-        if up:
-            out += [
-                _series(
-                    "intune_tenant_last_successful_poll_timestamp_seconds",
-                    RISING.format(15),
-                    tenant=tenant,
-                ),
-                _series("intune_graph_requests_total", RISING.format(3), tenant=tenant, code="200"),
-            ]
-        for collector in ("ade", "ade_devices", "vpp", "apns"):
-            out.append(
-                _series(
-                    "intune_tenant_collector_up",
-                    CONSTANT.format(up),
-                    tenant=tenant,
-                    collector=collector,
-                )
-            )
-            for reason in ("auth", "forbidden"):  # pre-created at 0; tailspin's auth rises
-                values = RISING.format(1) if not up and reason == "auth" else CONSTANT.format(0)
-                out.append(
-                    _series(
-                        "intune_tenant_poll_errors_total",
-                        values,
-                        tenant=tenant,
-                        collector=collector,
-                        reason=reason,
-                    )
-                )
-    for tenant, name, days, code, age in ADE_TOKENS:
-        token = {"tenant": tenant, "token_id": _token_id("ade", name), "token_name": name}
-        out += [
-            _series(
-                "intune_ade_token_info",
-                CONSTANT.format(1),
-                **token,
-                apple_id=f"abm-admin@{tenant}.example",
-                token_type="dep",
-            ),
-            _series("intune_ade_token_days_to_expiry", CONSTANT.format(days), **token),
-            _series("intune_ade_token_sync_error", CONSTANT.format(int(code != 0)), **token),
-            _series("intune_ade_token_last_sync_error_code", CONSTANT.format(code), **token),
-            _series("intune_ade_token_synced_devices", CONSTANT.format(40), **token),
-        ]
-        if age is not None:
-            out += [
-                _series(
-                    "intune_ade_token_last_successful_sync_timestamp_seconds",
-                    CONSTANT.format(1),
-                    **token,
-                ),
-                _series(
-                    "intune_ade_token_last_successful_sync_age_seconds",
-                    CONSTANT.format(age),
-                    **token,
-                ),
-            ]
-    for tenant, name, days, state, failed in VPP_TOKENS:
-        token = {"tenant": tenant, "token_id": _token_id("vpp", name), "token_name": name}
-        out += [
-            _series(
-                "intune_vpp_token_info",
-                CONSTANT.format(1),
-                **token,
-                apple_id=f"vpp@{tenant}.example",
-                organization_name=f"{tenant} Ltd",
-                account_type="business",
-                location_name=f"{name} location",
-            ),
-            _series("intune_vpp_token_days_to_expiry", CONSTANT.format(days), **token),
-            _series("intune_vpp_token_sync_error", CONSTANT.format(int(failed)), **token),
-            _series("intune_vpp_token_last_sync_timestamp_seconds", CONSTANT.format(1), **token),
-            _series("intune_vpp_token_last_sync_age_seconds", CONSTANT.format(6 * HOUR), **token),
-        ] + [
-            _series("intune_vpp_token_state", CONSTANT.format(int(s == state)), **token, state=s)
-            for s in VPP_STATES
-        ]
-    # The demo reads devices at start: their timestamps are as old as the series are long.
-    start = 0
-    for tenant, name, platform, states, (waiting, oldest), default in ADE_DEVICES:
-        token = {"tenant": tenant, "token_id": _token_id("ade", name), "token_name": name}
-        out += [
-            _series(
-                "intune_ade_devices",
-                CONSTANT.format(states.get(state, 0)),
-                **token,
-                platform=platform,
-                enrollment_state=state,
-            )
-            for state in DEVICE_STATES
-        ]
-        out += [
-            _series(
-                "intune_ade_devices_without_profile",
-                CONSTANT.format(waiting),
-                **token,
-                platform=platform,
-            ),
-            _series(
-                "intune_ade_devices_deleted_in_apple",
-                CONSTANT.format(0),
-                **token,
-                platform=platform,
-            ),
-        ]
-        if oldest is not None:
-            out.append(
-                _series(
-                    "intune_ade_devices_without_profile_oldest_timestamp_seconds",
-                    CONSTANT.format(start - oldest),
-                    **token,
-                    platform=platform,
-                )
-            )
-        for each in ("ios", "macos", "tvos", "visionos"):
-            has = int(each == platform and default is not None)
-            out.append(
-                _series(
-                    "intune_ade_token_default_profile",
-                    CONSTANT.format(has),
-                    **token,
-                    platform=each,
-                )
-            )
-        if default is not None:
-            out.append(
-                _series(
-                    "intune_ade_token_default_profile_info",
-                    CONSTANT.format(1),
-                    **token,
-                    platform=platform,
-                    profile_id=f"profile-{name.lower().replace(' ', '-')}",
-                    profile_name=default,
-                )
-            )
-    for tenant, days in APNS_DAYS.items():
-        apple_id = f"mdm-push@{tenant}.example"
-        out += [
-            _series("intune_apns_certificate_configured", CONSTANT.format(1), tenant=tenant),
-            _series(
-                "intune_apns_certificate_info",
-                CONSTANT.format(1),
-                tenant=tenant,
-                apple_id=apple_id,
-                topic_id=f"com.apple.mgmt.External.{tenant}",
-                serial_number="0123456789ABCDEF",
-            ),
-            _series(
-                "intune_apns_certificate_days_to_expiry",
-                CONSTANT.format(days),
-                tenant=tenant,
-                apple_id=apple_id,
-            ),
-        ]
-    return out
+            == expected
+        )
 
 
 def _panel_expr(uid: str, title: str, ref_id: str = "A", **variables: str) -> str:
@@ -803,43 +814,76 @@ def _labels(**labels: str) -> str:
     return "{" + ", ".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
 
 
+# The demo's tenants as the exporter names them: configured ones by their config name, GDAP
+# customers found only through discovery by their display name.
+CONFIGURED = {t.tenant_id: t.name for t in demo_config("https://127.0.0.1").tenants}  # any URL
+PARTNER = next(t for t in DEMO.values() if t.customers)
+DISCOVERED = {
+    c["tenantId"]: c["displayName"] for c in PARTNER.customers if c["tenantId"] not in CONFIGURED
+}
+TENANT_NAMES = {
+    key: CONFIGURED.get(t.tenant_id) or DISCOVERED[t.tenant_id]
+    for key, t in DEMO.items()
+    if t.tenant_id in CONFIGURED or t.tenant_id in DISCOVERED
+}
+
+
+def _key(name: str) -> str:
+    """The demo's key of a credential's tenant: its first word ("Fabrikam iPads": fabrikam)."""
+    return name.split()[0].lower()
+
+
+def _item(items: list[dict[str, Any]], field: str, name: str) -> dict[str, Any]:
+    (item,) = [i for i in items if i[field] == name]
+    return item
+
+
+def _ade_token(name: str) -> dict[str, Any]:
+    return _item(DEMO[_key(name)].ade_tokens, "tokenName", name)
+
+
 def _ade(name: str, **extra: str) -> str:
     """The labels of an ADE row of the credentials table."""
-    tenant = name.split()[0].lower()
+    token = _ade_token(name)
     return _labels(
-        tenant=tenant,
+        tenant=TENANT_NAMES[_key(name)],
         kind="ADE",
         token_name=name,
-        token_id=_token_id("ade", name),
-        apple_id=f"abm-admin@{tenant}.example",
+        token_id=token["id"],
+        apple_id=token["appleIdentifier"],
         renew_url=links.ADE_RENEW,
         **extra,
     )
 
 
 def _vpp(name: str, **extra: str) -> str:
-    tenant = name.split()[0].lower()
+    token = _item(DEMO[_key(name)].vpp_tokens, "displayName", name)
     return _labels(
-        tenant=tenant,
+        tenant=TENANT_NAMES[_key(name)],
         kind="VPP",
         token_name=name,
-        token_id=_token_id("vpp", name),
-        apple_id=f"vpp@{tenant}.example",
+        token_id=token["id"],
+        apple_id=token["appleId"],
         renew_url=links.VPP_RENEW,
         **extra,
     )
 
 
-def _apns(tenant: str, **extra: str) -> str:
-    if tenant in APNS_DAYS:
-        extra["apple_id"] = f"mdm-push@{tenant}.example"
+def _apns(key: str, **extra: str) -> str:
+    certificate = DEMO[key].apns_certificate
+    if certificate is not None:
+        extra["apple_id"] = certificate["appleIdentifier"]
     return _labels(
-        tenant=tenant,
+        tenant=TENANT_NAMES[key],
         kind="APNs",
         token_name="APNs certificate",
         renew_url=links.APNS_RENEW,
         **extra,
     )
+
+
+def _device_row(token: str, platform: str, **extra: str) -> str:
+    return _labels(token_name=token, platform=platform, **extra)
 
 
 def _samples(*pairs: tuple[str, float]) -> list[dict[str, Any]]:
@@ -851,20 +895,39 @@ def one(expr: str) -> str:
     return f"{expr} * 0 + 1"
 
 
+# Days left move by a fraction of a day per sample, which promtool adds up sample by sample: its
+# sums and the exact values differ in the last bits, so the days columns are compared rounded.
+ROUND_TO = 1e-6
+
+
+def rounded(expr: str) -> str:
+    return f"round({expr}, {ROUND_TO!r})"
+
+
+def _days_at_eval(days: float) -> float:
+    """What `rounded` makes of a credential `days` from expiry at the first sample."""
+    inverse = 1.0 / ROUND_TO  # as PromQL's round() computes it
+    return math.floor((days - EVAL_AT / DAY) * inverse + 0.5) / inverse
+
+
 def _expected_results() -> list[dict[str, Any]]:
-    """Exact results of the queries whose numbers the dashboards are built around."""
+    """Exact results of the queries whose numbers the dashboards are built around, on the
+    `--demo` series at 60m: an hour after the first poll, so ages and days left have moved."""
     overview, health, table = OVERVIEW_UID, EXPORTER_HEALTH_UID, "Apple credentials"
+    alpine, litware, adatum = (TENANT_NAMES[k] for k in ("alpine", "litware", "adatum"))
     cases: list[tuple[str, list[dict[str, Any]]]] = [
-        # Fabrikam iPads (20 d), Fabrikam Macs (5 d), fabrikam's APNs certificate (12 d), and
-        # Contoso iOS (200 d) by contoso's own 210-day warning threshold
-        (_panel_expr(overview, "Expiring soon"), _samples(("{}", 4))),
-        (_panel_expr(overview, "Expiring very soon"), _samples(("{}", 1))),
-        # Northwind Shared, Fabrikam Education
+        # Fabrikam iPads (20 d), Fabrikam Macs (5 d) and fabrikam's APNs certificate (12 d),
+        # under the default 30-day warning; the next, Northwind Retail, has 90 days left
+        (_panel_expr(overview, "Expiring soon"), _samples(("{}", 3))),
+        (_panel_expr(overview, "Expiring very soon"), _samples(("{}", 1))),  # Fabrikam Macs
+        # Northwind Shared (-10 d), Fabrikam Education (-3 d)
         (_panel_expr(overview, "Expired"), _samples(("{}", 2))),
         # Northwind School (code 3), Fabrikam Education (expired), Northwind Retail (invalid),
         # Northwind Kiosk (assignedToExternalMDM), Northwind Field (sync failed)
         (_panel_expr(overview, "Sync error or invalid state"), _samples(("{}", 5))),
-        (_panel_expr(overview, "Tenants failing to poll"), _samples(("{}", 1))),
+        # tailspin (wrong secret: AADSTS7000215) and Adatum, a GDAP customer that never
+        # consented (AADSTS700016)
+        (_panel_expr(overview, "Tenants failing to poll"), _samples(("{}", 2))),
         # 14 Fabrikam iPads, 6 Fabrikam Macs, 25 of Northwind Shared
         (_panel_expr(overview, "Devices without a profile"), _samples(("{}", 45))),
         (_panel_expr(overview, "Failed enrollments"), _samples(("{}", 4))),  # Fabrikam iPads
@@ -879,91 +942,90 @@ def _expected_results() -> list[dict[str, Any]]:
         (
             _panel_expr(TENANT_DETAIL_UID, "ADE devices by state"),
             _samples(
-                (
-                    _labels(
-                        token_name="Fabrikam iPads", platform="ios", enrollment_state="enrolled"
-                    ),
-                    2540,
-                ),
-                (
-                    _labels(
-                        token_name="Fabrikam iPads", platform="ios", enrollment_state="notContacted"
-                    ),
-                    44,
-                ),
-                (
-                    _labels(token_name="Fabrikam iPads", platform="ios", enrollment_state="failed"),
-                    4,
-                ),
-                (
-                    _labels(
-                        token_name="Fabrikam Macs", platform="macos", enrollment_state="enrolled"
-                    ),
-                    42,
-                ),
-                (
-                    _labels(
-                        token_name="Fabrikam Macs",
-                        platform="macos",
-                        enrollment_state="notContacted",
-                    ),
-                    6,
-                ),
+                (_device_row("Fabrikam iPads", "ios", enrollment_state="enrolled"), 2540),
+                (_device_row("Fabrikam iPads", "ios", enrollment_state="notContacted"), 44),
+                (_device_row("Fabrikam iPads", "ios", enrollment_state="failed"), 4),
+                (_device_row("Fabrikam Macs", "macos", enrollment_state="enrolled"), 42),
+                (_device_row("Fabrikam Macs", "macos", enrollment_state="notContacted"), 6),
             ),
         ),
         (
             _panel_expr(TENANT_DETAIL_UID, "Devices without an enrollment profile", "A"),
             _samples(
-                (_labels(token_name="Fabrikam iPads", platform="ios"), 14),
-                (_labels(token_name="Fabrikam Macs", platform="macos"), 6),
+                (_device_row("Fabrikam iPads", "ios"), 14),
+                (_device_row("Fabrikam Macs", "macos"), 6),
             ),
         ),
         (
-            # Evaluated at 60m: the oldest was created its wait before the series began.
+            # The oldest waits since its creation (3 d 5 h and 5 h before the first sample).
             _panel_expr(TENANT_DETAIL_UID, "Devices without an enrollment profile", "B"),
             _samples(
-                (_labels(token_name="Fabrikam iPads", platform="ios"), 3 * DAY + 5 * HOUR + HOUR),
-                (_labels(token_name="Fabrikam Macs", platform="macos"), 5 * HOUR + HOUR),
+                (_device_row("Fabrikam iPads", "ios"), 3 * DAY + 5 * HOUR + EVAL_AT),
+                (_device_row("Fabrikam Macs", "macos"), 5 * HOUR + EVAL_AT),
             ),
         ),
         (
             _panel_expr(TENANT_DETAIL_UID, "Default enrollment profiles", "B"),
-            _samples(
-                (
-                    _labels(
-                        token_name="Fabrikam iPads", platform="ios", profile_name="Fabrikam iPad"
-                    ),
-                    1,
-                ),
-            ),
+            _samples((_device_row("Fabrikam iPads", "ios", profile_name="Fabrikam iPad"), 1)),
         ),
         (
             f"sum({_panel_expr(TENANT_DETAIL_UID, 'Default enrollment profiles', 'A')})",
             _samples(("{}", 1)),  # of 2 tokens x 4 platforms, only the iPads' iOS default is set
         ),
-        (_panel_expr(health, "Tenants up"), _samples(("{}", 4))),
-        (_panel_expr(health, "Tenants down"), _samples(("{}", 1))),
+        # contoso, fabrikam, northwind, woodgrove, and Alpine and Litware found through GDAP
+        (_panel_expr(health, "Tenants up"), _samples(("{}", 6))),
+        (_panel_expr(health, "Tenants down"), _samples(("{}", 2))),  # tailspin and Adatum
         (_panel_expr(health, "Throttled requests"), _samples(("{}", 0))),
-        # the demo is one process: shard 0 of 1 owns every tenant
-        (_panel_expr(health, "Tenants per shard"), _samples(('{shard="0"}', len(TENANTS)))),
+        # The demo is one process: shard 0 of 1 owns every tenant, the 5 configured and the 3
+        # found only through GDAP (contoso, configured as well, counts once).
+        (_panel_expr(health, "Tenants per shard"), _samples(('{shard="0"}', 8))),
         (
-            _panel_expr(overview, table, "A", tenant="fabrikam"),
+            _panel_expr(health, "Tenants", "A"),
             _samples(
-                (_ade("Fabrikam iPads"), 20),
-                (_ade("Fabrikam Macs"), 5),
-                (_vpp("Fabrikam Education"), -3),
-                (_apns("fabrikam"), 12),
+                *(
+                    (_labels(tenant=name, tenant_id=DEMO[key].tenant_id, cloud="global"), 1)
+                    for key, name in TENANT_NAMES.items()
+                )
             ),
         ),
         (
+            _panel_expr(health, "Tenants", "B"),
+            _samples(
+                *(
+                    (_labels(tenant=name), int(name not in ("tailspin", adatum)))
+                    for name in TENANT_NAMES.values()
+                )
+            ),
+        ),
+        (
+            rounded(_panel_expr(overview, table, "A", tenant="fabrikam")),
+            _samples(
+                (_ade("Fabrikam iPads"), _days_at_eval(20)),
+                (_ade("Fabrikam Macs"), _days_at_eval(5)),
+                (_vpp("Fabrikam Education"), _days_at_eval(-3)),
+                (_apns("fabrikam"), _days_at_eval(12)),
+            ),
+        ),
+        (
+            rounded(_panel_expr(overview, table, "A", tenant=f"{alpine}|{litware}")),
+            _samples(
+                (_ade("Alpine iPads"), _days_at_eval(140)),
+                (_vpp("Alpine Apps"), _days_at_eval(230)),
+                (_apns("alpine"), _days_at_eval(180)),
+                (_ade("Litware Macs"), _days_at_eval(260)),
+                (_apns("litware"), _days_at_eval(310)),
+            ),
+        ),
+        (
+            # Ages at the first sample plus the hour since.
             _panel_expr(overview, table, "B", tenant="northwind"),
             _samples(
-                (_ade("Northwind Shared"), 11 * DAY),
-                (_ade("Northwind School"), 6 * HOUR),
-                (_ade("Northwind Loaners"), 3 * DAY),
-                (_vpp("Northwind Retail"), 6 * HOUR),
-                (_vpp("Northwind Kiosk"), 6 * HOUR),
-                (_vpp("Northwind Field"), 6 * HOUR),
+                (_ade("Northwind Shared"), 11 * DAY + EVAL_AT),
+                (_ade("Northwind School"), HOUR + EVAL_AT),
+                (_ade("Northwind Loaners"), 3 * DAY + EVAL_AT),
+                (_vpp("Northwind Retail"), 6 * HOUR + EVAL_AT),
+                (_vpp("Northwind Kiosk"), 6 * HOUR + EVAL_AT),
+                (_vpp("Northwind Field"), 3 * DAY + EVAL_AT),
             ),
         ),
         (
@@ -1004,15 +1066,32 @@ def _expected_results() -> list[dict[str, Any]]:
             f"count by (kind) ({_panel_expr(overview, table, 'A', tenant='woodgrove')})",
             _samples(('{kind="ADE"}', 45), ('{kind="VPP"}', 1), ('{kind="APNs"}', 1)),
         ),
+        (
+            # Nothing of the tenants that fail: no credential rows, only their tenant rows.
+            f"count({_panel_expr(overview, table, 'A', tenant=f'tailspin|{adatum}')}) or vector(0)",
+            _samples(("{}", 0)),
+        ),
     ]
     return [{"expr": expr, "exp_samples": samples} for expr, samples in cases]
 
 
+def _threshold_results() -> list[dict[str, Any]]:
+    """With contoso's own `thresholds: {expiry_warning: 210d}`: its Contoso iOS (200 d) is
+    expiring soon as well, its VPP token (300 d) and APNs certificate (250 d) are not."""
+    return [
+        {"expr": _panel_expr(OVERVIEW_UID, "Expiring soon"), "exp_samples": _samples(("{}", 4))},
+        {
+            "expr": _panel_expr(OVERVIEW_UID, "Expiring very soon"),
+            "exp_samples": _samples(("{}", 1)),
+        },
+    ]
+
+
 @needs_promtool
-def test_queries_return_the_expected_values_on_demo_data(tmp_path: Path) -> None:
-    """Evaluate the queries with Prometheus' engine on demo-shaped series: the stat panels count
-    exactly the demo's problem credentials, the table rows carry the right columns and states,
-    and every panel expected to show demo data returns at least one series."""
+def test_queries_return_the_expected_values_on_demo_data(demo: DemoScrapes, tmp_path: Path) -> None:
+    """Evaluate the queries with Prometheus' engine on what `--demo` serves: the stat panels
+    count exactly the demo's problem credentials, the table rows carry the right columns and
+    states, and every panel expected to show demo data returns at least one series."""
     panel_queries, variable_queries = all_demo_queries()
     nonempty = [q.expr for q in panel_queries if q.expect_data]
     nonempty += [v.as_promql() for v in variable_queries]
@@ -1021,18 +1100,27 @@ def test_queries_return_the_expected_values_on_demo_data(tmp_path: Path) -> None
         {"expr": f"clamp_max(count({expr}), 1)", "exp_samples": _samples(("{}", 1))}
         for expr in nonempty
     ]
-    for test in tests:
-        test["eval_time"] = "60m"
+    threshold_tests = _threshold_results()
+    # The reload changes contoso's thresholds only: the expiring panels' families suffice.
+    threshold_names = set().union(*(metric_names(t["expr"]) for t in threshold_tests))
+    for test in tests + threshold_tests:
+        test["eval_time"] = f"{EVAL_AT}s"
+    groups = [
+        {"interval": f"{STEP:g}s", "input_series": demo_series(demo), "promql_expr_test": tests},
+        {
+            "interval": f"{STEP:g}s",
+            "input_series": contoso_210d_series(demo, threshold_names),
+            "promql_expr_test": threshold_tests,
+        },
+    ]
     (tmp_path / "empty.rules.yaml").write_text("groups: []\n")
     unit_file = tmp_path / "dashboards_test.yaml"
     unit_file.write_text(
         yaml.safe_dump(
             {
                 "rule_files": ["empty.rules.yaml"],
-                "evaluation_interval": "15s",
-                "tests": [
-                    {"interval": "15s", "input_series": demo_series(), "promql_expr_test": tests}
-                ],
+                "evaluation_interval": f"{STEP:g}s",
+                "tests": groups,
             },
             width=1000,
         )
