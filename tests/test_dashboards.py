@@ -159,6 +159,22 @@ def test_queries_reference_only_defined_variables(uid: str) -> None:
             substitute(url, {**own_variables(uid), "datasource": "x"})
 
 
+@pytest.mark.parametrize("uid", UIDS)
+def test_single_value_variables_are_matched_exactly(uid: str) -> None:
+    # Grafana regex-escapes a variable's value only when the variable is multi-value or has
+    # "All"; a single value goes in as it is. `tenant=~"$tenant"` would then read a discovered
+    # tenant's name such as "Contoso (1a2b3c4d)" as a regex, and match nothing.
+    single = {
+        v["name"]
+        for v in DASHBOARDS[uid].get("templating", {}).get("list", [])
+        if v.get("type") == "query" and not v.get("multi") and not v.get("includeAll")
+    }
+    text = json.dumps(DASHBOARDS[uid])
+    for name in single:
+        regex_uses = re.findall(rf'=~\\"\$\{{?{name}\b', text)
+        assert not regex_uses, f"{uid}: ${name} is single-valued: match it with =, not =~"
+
+
 def _all_links(panel: dict[str, Any]) -> list[dict[str, Any]]:
     found = list(panel.get("links", []))
     for override in panel.get("fieldConfig", {}).get("overrides", []):
@@ -191,7 +207,7 @@ def test_tenant_detail_has_one_tenant_and_links_back_to_the_overview() -> None:
         DASHBOARDS[TENANT_DETAIL_UID], own_variables(TENANT_DETAIL_UID)
     ):
         for selector in re.findall(r"intune_\w+\{[^}]*\}", query.expr):
-            assert 'tenant=~"x"' in selector, (query.panel_title, selector)
+            assert 'tenant="x"' in selector, (query.panel_title, selector)
 
 
 def test_tenant_column_links_to_the_tenant_detail_page() -> None:
