@@ -259,6 +259,12 @@ def _pieces(
     return chunks
 
 
+def _with_deflated(joined: Joined | None, spec: MetricSpec) -> Joined | None:
+    if joined is None or spec.derived is not None or joined.deflated is not None:
+        return joined
+    return replace(joined, deflated=deflate(joined.static, GZIP_LEVEL))
+
+
 def assemble(
     layout: Layout,
     families: Sequence[Joined | None],
@@ -267,43 +273,27 @@ def assemble(
     openmetrics: bool,
     names: frozenset[str] | None = None,
     extra: Lines | None = None,
-) -> list[bytes]:
-    """The exposition at `now` as chunks: every family's header, its joined lines, then the
-    `extra` part's (rendered per scrape). Blocking and CPU-bound at scale: run it in a thread.
-    `names` keeps only those families (Prometheus's `name[]` parameter)."""
-    pieces = _pieces(
-        layout, families, now, openmetrics=openmetrics, names=names, extra=extra, compressed=False
-    )
-    return [piece for piece in pieces if isinstance(piece, bytes)]
-
-
-def _with_deflated(joined: Joined | None, spec: MetricSpec) -> Joined | None:
-    if joined is None or spec.derived is not None or joined.deflated is not None:
-        return joined
-    return replace(joined, deflated=deflate(joined.static, GZIP_LEVEL))
-
-
-def assemble_gzip(
-    layout: Layout,
-    families: Sequence[Joined | None],
-    now: float,
-    *,
-    openmetrics: bool,
-    names: frozenset[str] | None = None,
-    extra: Lines | None = None,
+    compress: bool = False,
 ) -> tuple[list[bytes], list[Joined | None]]:
-    """As `assemble`, gzipped: (the body's chunks, the families with their compressed lines).
+    """The exposition at `now` as chunks: every family's header, its joined lines, then the
+    `extra` part's (rendered per scrape), and the families as used (with `compress`, with their
+    compressed lines). Blocking and CPU-bound at scale: run it in a thread. `names` keeps only
+    those families (Prometheus's `name[]` parameter).
 
-    Only what changes per scrape is compressed here: the time-derived families, the `extra`
-    part and families whose lines changed since they were last compressed.
+    With `compress`, only what changes per scrape is compressed here: the time-derived
+    families, the `extra` part and families whose lines changed since they were last compressed.
     """
-    compressed = [
-        _with_deflated(joined, spec) for joined, spec in zip(families, layout.specs, strict=True)
-    ]
+    used = list(families)
+    if compress:
+        used = [
+            _with_deflated(joined, spec) for joined, spec in zip(used, layout.specs, strict=True)
+        ]
     pieces = _pieces(
-        layout, compressed, now, openmetrics=openmetrics, names=names, extra=extra, compressed=True
+        layout, used, now, openmetrics=openmetrics, names=names, extra=extra, compressed=compress
     )
-    return gzip_pieces(pieces, PER_SCRAPE_GZIP_LEVEL), compressed
+    if compress:
+        return gzip_pieces(pieces, PER_SCRAPE_GZIP_LEVEL), used
+    return [piece for piece in pieces if isinstance(piece, bytes)], used
 
 
 def render(
@@ -319,10 +309,9 @@ def render(
     families = [
         join_family(parts, i, spec.derived is not None) for i, spec in enumerate(layout.specs)
     ]
-    if compress:
-        chunks, _ = assemble_gzip(layout, families, now, openmetrics=openmetrics, names=names)
-    else:
-        chunks = assemble(layout, families, now, openmetrics=openmetrics, names=names)
+    chunks, _ = assemble(
+        layout, families, now, openmetrics=openmetrics, names=names, compress=compress
+    )
     return b"".join(chunks)
 
 
@@ -415,15 +404,16 @@ def render_snapshot(
         else join_family(snapshot.parts, i, specs[i].derived is not None)
         for i, joined in enumerate(snapshot.families)
     ]
-    if compress:
-        chunks, families = assemble_gzip(
-            snapshot.layout, families, now, openmetrics=openmetrics, names=names, extra=extra
-        )
-    else:
-        chunks = assemble(
-            snapshot.layout, families, now, openmetrics=openmetrics, names=names, extra=extra
-        )
-    return coalesce(chunks), families
+    chunks, used = assemble(
+        snapshot.layout,
+        families,
+        now,
+        openmetrics=openmetrics,
+        names=names,
+        extra=extra,
+        compress=compress,
+    )
+    return coalesce(chunks), used
 
 
 # Chunks the HTTP handler writes: each write is a syscall and a turn of the event loop, and a
