@@ -29,12 +29,6 @@ from .msal_http import MsalHttpClient, TransportError, TransportTimeout
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-# MSAL calls that run at once, across every tenant. MSAL is CPU-bound Python in threads: each
-# one competes with the event loop for the GIL as an equal, so with twenty of them the loop got
-# a twentieth of the CPU and Graph requests stalled for seconds in a cold round. Two keep
-# Entra ID's round trips overlapped and leave the loop most of the interpreter.
-TOKEN_SLOTS: Final = 2
-
 # MSAL treats a token with less than 5 minutes left as expired; so does our own shortcut.
 REFRESH_BEFORE_EXPIRY: Final = 300.0
 
@@ -149,7 +143,7 @@ class MsalTokenProvider:
         self._token: str | None = None
         self._token_fresh_until = 0.0
         self._clock = clock
-        # Shared by every tenant: how many MSAL calls run at once (see TOKEN_SLOTS).
+        # Shared by every tenant: how many MSAL calls run at once (one per worker thread).
         self._slots = slots
 
     async def token(self) -> str:

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import errno
 import json
 import random
-import socket
 import ssl
 import time
 import uuid
@@ -24,6 +22,7 @@ from aiohttp.helpers import strip_auth_from_url
 from yarl import URL
 
 from . import __version__
+from .aiohttp_failures import connection_failure
 from .errors import GraphError, PollError, Reason, network_hint
 from .records import JsonObject
 
@@ -301,7 +300,7 @@ class GraphClient:
                 "timeout", f"GET {url.path}: no answer within {self._timeout.total:g}s"
             ) from None
         except aiohttp.ClientError as exc:
-            detail, kind = _connection_failure(exc)
+            detail, kind = connection_failure(exc)
             raise PollError(
                 "network", network_hint(f"GET {url.path}: {detail}", self._shown_proxy, kind)
             ) from None
@@ -332,22 +331,3 @@ async def _read_capped(response: aiohttp.ClientResponse, url: URL) -> bytes:
         if len(body) > MAX_BODY:
             raise too_large
     return bytes(body)
-
-
-def _connection_failure(exc: aiohttp.ClientError) -> tuple[str, str | None]:
-    """What failed, in words without aiohttp's SSLContext repr, and its kind for the hint."""
-    name = type(exc).__name__
-    if isinstance(exc, aiohttp.ClientSSLError):
-        return f"TLS failure: {name}", "tls"
-    if isinstance(exc, aiohttp.ClientProxyConnectionError):
-        return f"{name}: cannot connect to the proxy", "proxy"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        where = f"{exc.host}:{exc.port}"
-        reason = exc.strerror or type(exc.os_error).__name__
-        dns = getattr(aiohttp, "ClientConnectorDNSError", None)  # aiohttp 3.10 and later
-        if (dns is not None and isinstance(exc, dns)) or isinstance(exc.os_error, socket.gaierror):
-            return f"{name}: cannot resolve {where} ({reason})", "dns"
-        if exc.errno == errno.ECONNREFUSED:
-            return f"{name}: cannot connect to {where} (connection refused)", "refused"
-        return f"{name}: cannot connect to {where} ({reason})", None
-    return f"{name}: {exc}", None

@@ -31,7 +31,7 @@ from .kinds import KINDS
 from .metrics import TenantLines, exporter_samples
 from .pollers import TenantPoller
 from .records import Sample
-from .scheduler import Scheduler, poll_deadline
+from .scheduler import Scheduler, poll_deadline, tokens_ahead
 from .sharding import Shard
 from .snapshot import SnapshotStore
 from .storage import DEFAULT_WRITE_INTERVAL, KeptTenant, StateFile, StateKeeper, restore
@@ -71,7 +71,9 @@ class Exporter:
         self.lines = TenantLines(self.store)
         self._factory = TenantClients(
             ca_data,
-            workers=config.max_concurrency + 4,
+            # A thread for every token the scheduler lets run ahead, and a few for discovery
+            # and for retries after a 401 (a reload that raises max_concurrency keeps these).
+            workers=tokens_ahead(config.max_concurrency) + 4,
             retry=retry,
             sleep=sleep,
             on_response=self._request_counter,
@@ -406,8 +408,14 @@ class Exporter:
         if self._session is not None:
             return
         # No trust_env: HTTPS_PROXY and NO_PROXY are read once per tenant (exporter.proxies).
+        # No cookies: Entra ID sets some, and one tenant's must never ride on another's request.
+        # Connections for every request the scheduler lets run at once, so that none waits for
+        # the pool: a tenant's collectors at once in each Graph slot (four or fewer), and the
+        # Entra ID requests of the tokens fetched ahead (MSAL's, sent on this session too).
+        concurrency = self.config.max_concurrency
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=max(self.config.max_concurrency * 4, 16)),
+            connector=aiohttp.TCPConnector(limit=concurrency * 4 + tokens_ahead(concurrency)),
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         self._scheduler.add_all([self._poller(tenant) for tenant in self.tenants])
 

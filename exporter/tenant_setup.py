@@ -11,7 +11,6 @@ from typing import Final
 import aiohttp
 
 from .auth import (
-    TOKEN_SLOTS,
     AuthSettings,
     ClientCertificateFile,
     ClientSecret,
@@ -28,8 +27,8 @@ from .tls import TrustStore
 
 class TenantClients:
     """Builds each tenant's token provider and Graph client from what every tenant shares:
-    MSAL's thread pool, one MSAL connection pool per trust setting, the proxy settings as they
-    were at start, and the slots that bound concurrent token requests."""
+    MSAL's thread pool, one MSAL HTTP client per trust setting (sending on the session), the
+    proxy settings as they were at start, and the slots that bound concurrent token requests."""
 
     def __init__(
         self,
@@ -40,11 +39,12 @@ class TenantClients:
         sleep: Callable[[float], Awaitable[None]],
         on_response: Callable[[str], Callable[[int], None]],
     ) -> None:
-        # One MSAL call blocks one thread; enough threads that polling slots never queue for one.
+        # One MSAL call blocks one thread, and waits for a slot rather than in the pool's queue,
+        # where its deadline would run before it had started.
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="msal")
-        self._trust = TrustStore(ca_data, pool_size=workers)
+        self._trust = TrustStore(ca_data)
         self._proxies = Proxies()
-        self._slots = asyncio.Semaphore(TOKEN_SLOTS)
+        self._slots = asyncio.Semaphore(workers)
         self._retry = retry
         self._sleep = sleep  # how Graph retries wait (tests record it instead)
         self._on_response = on_response  # per tenant: counts Graph's answers by status
@@ -53,7 +53,7 @@ class TenantClients:
         self, session: aiohttp.ClientSession, tenant: TenantConfig, request_timeout: float
     ) -> tuple[MsalTokenProvider, GraphClient]:
         msal_http = self._trust.msal_client(
-            tenant.ca_file, request_timeout, self._proxies.for_url(tenant.authority_url)
+            session, tenant.ca_file, request_timeout, self._proxies.for_url(tenant.authority_url)
         )
         tokens = MsalTokenProvider(
             auth_settings(tenant, request_timeout),

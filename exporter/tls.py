@@ -1,4 +1,4 @@
-"""Client-side TLS trust shared by aiohttp (Graph) and urllib3 (MSAL).
+"""Client-side TLS trust, shared by Graph's and MSAL's requests (both sent through aiohttp).
 
 Verification is always on. Trust is the system store, plus the bundles named by the standard
 `SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE` and `CURL_CA_BUNDLE` variables, plus a tenant's `ca_file`:
@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import ssl
 from pathlib import Path
+
+import aiohttp
 
 from .msal_http import MsalHttpClient
 
@@ -35,41 +37,37 @@ class TrustStore:
     """Client contexts and MSAL's HTTP clients by `ca_file`, built once and shared by every
     tenant with the same trust: loading the system store costs milliseconds, and a pool per
     tenant (with a TLS handshake per tenant) costs memory and CPU that add up over thousands of
-    tenants."""
+    tenants. The connections themselves are the one aiohttp session's."""
 
-    def __init__(self, ca_data: str | None = None, *, pool_size: int = 10) -> None:
+    def __init__(self, ca_data: str | None = None) -> None:
         self._ca_data = ca_data
-        self._pool_size = pool_size
-        self._aiohttp: dict[Path | None, ssl.SSLContext] = {}
-        self._threads: dict[Path | None, ssl.SSLContext] = {}
+        self._contexts: dict[Path | None, ssl.SSLContext] = {}
         self._msal: dict[tuple[Path | None, float, str | None], MsalHttpClient] = {}
 
     def aiohttp_context(self, ca_file: Path | None) -> ssl.SSLContext:
-        """The context for Graph requests of tenants with this `ca_file`."""
-        if ca_file not in self._aiohttp:
-            self._aiohttp[ca_file] = client_ssl_context(ca_file, self._ca_data)
-        return self._aiohttp[ca_file]
+        """The context for the requests of tenants with this `ca_file`, Graph's and MSAL's."""
+        if ca_file not in self._contexts:
+            self._contexts[ca_file] = client_ssl_context(ca_file, self._ca_data)
+        return self._contexts[ca_file]
 
     def msal_client(
-        self, ca_file: Path | None, timeout: float, proxy: str | None = None
+        self,
+        session: aiohttp.ClientSession,
+        ca_file: Path | None,
+        timeout: float,
+        proxy: str | None = None,
     ) -> MsalHttpClient:
         """MSAL's HTTP client for tenants with this `ca_file` and proxy, shared by all of them.
 
-        Its own context, separate from the event loop's: it is used from MSAL's worker threads.
+        Call it on the event loop's thread: the client sends its requests on that loop.
         """
         key = (ca_file, timeout, proxy)
         client = self._msal.get(key)
         if client is None:
-            if ca_file not in self._threads:
-                self._threads[ca_file] = client_ssl_context(ca_file, self._ca_data)
-            client = MsalHttpClient(
-                self._threads[ca_file], timeout, pool_size=self._pool_size, proxy=proxy
-            )
+            client = MsalHttpClient(session, self.aiohttp_context(ca_file), timeout, proxy=proxy)
             self._msal[key] = client
         return client
 
     def close(self) -> None:
-        """Close every pool's connections."""
-        for client in self._msal.values():
-            client.close()
+        """Forget the clients (their connections are the session's, closed with it)."""
         self._msal.clear()

@@ -8,12 +8,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from exporter.config import ExporterConfig, parse_config
 from exporter.demo.simulator import SimApp, SimTenant, SimulatedCloud
 from exporter.graph import RetryPolicy
+from exporter.msal_http import MsalHttpClient
 from exporter.service import Exporter
+from exporter.tls import client_ssl_context
 
 CLIENT_ID = "11111111-2222-3333-4444-555555555555"
 SECRET = "test-client-secret-Zq8~"  # distinctive, so tests can search logs for it
@@ -39,6 +42,14 @@ def ca_file(cloud: SimulatedCloud, tmp_path: Path) -> Path:
     path = tmp_path / "sim-ca.pem"
     path.write_text(cloud.ca_pem)
     return path
+
+
+@pytest.fixture
+async def msal_http(ca_file: Path) -> AsyncIterator[MsalHttpClient]:
+    """MSAL's HTTP client as the exporter builds it: on an aiohttp session, trusting the
+    simulator's CA, with a 60 s request timeout."""
+    async with aiohttp.ClientSession() as session:
+        yield MsalHttpClient(session, client_ssl_context(ca_file), 60)
 
 
 class World:

@@ -10,7 +10,6 @@ import ssl
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -23,14 +22,15 @@ from exporter.demo.simulator import (
     INTUNE_FORBIDDEN_MESSAGE,
     VPP_PATH,
     Fault,
+    TokenFault,
     graph_error_body,
     intune_nested_message,
 )
 from exporter.errors import PollError
 from exporter.graph import RetryPolicy
 from exporter.msal_http import MsalHttpClient
+from exporter.scheduler import Limiter, tokens_ahead
 from exporter.service import Exporter
-from exporter.tls import client_ssl_context
 
 from .conftest import CLIENT_ID, SECRET, World, exposition, one, samples_by_name
 from .graph_data import DAY, NOW, ade_item, apns_item, vpp_item
@@ -349,7 +349,7 @@ def test_a_token_is_used_until_5_minutes_before_expiry_or_half_a_short_life() ->
 
 
 async def test_a_short_lived_token_is_reused_for_half_its_life_then_renewed(
-    world: World, ca_file: Path
+    world: World, msal_http: MsalHttpClient
 ) -> None:
     # MSAL counts a token with under 5 minutes left as expired and fetches a new one; the
     # provider asks it again once half of such a token's life has passed.
@@ -363,9 +363,10 @@ async def test_a_short_lived_token_is_reused_for_half_its_life_then_renewed(
         f"{world.cloud.base_url}/.default",
         ClientSecret(SECRET),
     )
-    http = MsalHttpClient(client_ssl_context(ca_file), 5)
     with ThreadPoolExecutor(2) as pool:
-        tokens = MsalTokenProvider(settings, http_client=http, executor=pool, clock=lambda: now[0])
+        tokens = MsalTokenProvider(
+            settings, http_client=msal_http, executor=pool, clock=lambda: now[0]
+        )
         first = await tokens.token()
         now[0] += reused_for - 1
         assert await tokens.token() == first
@@ -454,6 +455,70 @@ async def test_a_slow_tenant_does_not_hold_up_the_others(world: World) -> None:
     assert exporter.store.tenant("slow").up
     # The simulator logs a request when it answers: the fast one answered first.
     assert [r.tenant_id for r in world.cloud.graph_requests] == [fast.tenant_id, slow.tenant_id]
+
+
+async def test_tokens_run_ahead_of_the_graph_slots_but_only_so_far(world: World) -> None:
+    """Tokens are fetched before a Graph slot, so that Entra ID's round trips overlap Graph's;
+    at most `tokens_ahead` tenants fetch or hold one while waiting for a slot."""
+    go = asyncio.Event()
+    faults = []
+    for index in range(6):
+        sim = world.add(f"t{index}", ade_tokens=[ade_item("A")])
+        faults.append(TokenFault(503, wait=go))  # every token request hangs until `go`
+        world.cloud.fail_next_token(sim.tenant_id, faults[-1])
+    exporter = await world.exporter(collect=["ade"], max_concurrency=1)
+    ahead = exporter._scheduler._ahead
+    assert tokens_ahead(1) == 3
+
+    round_ = asyncio.create_task(exporter.poll_all_once())
+    for fault in faults[:3]:
+        await asyncio.wait_for(fault.arrived.wait(), 10)
+    # Three tenants fetch their token; the other three wait for a place, and have not asked.
+    assert ahead.held == 3 and ahead.waiting == 3
+    assert [fault.arrived.is_set() for fault in faults[3:]] == [False, False, False]
+    go.set()
+    await asyncio.wait_for(round_, 30)
+
+    assert all(fault.arrived.is_set() for fault in faults)
+    assert all(exporter.store.tenant(f"t{index}").polled for index in range(6))
+    assert (ahead.held, ahead.waiting) == (0, 0)
+    assert exporter._scheduler._limiter.held == 0
+
+
+async def test_a_limiter_place_is_never_lost_to_a_cancelled_waiter() -> None:
+    limiter = Limiter(1)
+    await limiter.acquire()
+    gave_up = asyncio.create_task(limiter.acquire())
+    woken_then_cancelled = asyncio.create_task(limiter.acquire())
+    last = asyncio.create_task(limiter.acquire())
+    await asyncio.sleep(0)  # each task runs to its wait (scheduling, not timing)
+    assert limiter.waiting == 3
+    gave_up.cancel()
+    limiter.release()  # wakes the first waiter still waiting...
+    woken_then_cancelled.cancel()  # ...which is cancelled before it runs: the place goes on
+    await asyncio.wait_for(last, 5)
+    assert limiter.held == 1 and limiter.waiting == 0
+    assert gave_up.cancelled() and woken_then_cancelled.cancelled()
+    limiter.release()
+    assert limiter.held == 0
+
+
+async def test_a_limiter_takes_a_new_limit_while_tasks_wait() -> None:
+    limiter = Limiter(1)
+    await limiter.acquire()
+    waiters = [asyncio.create_task(limiter.acquire()) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert limiter.waiting == 3
+    limiter.set_limit(3)  # two more places: two waiters get one at once
+    await asyncio.wait_for(asyncio.gather(*waiters[:2]), 5)
+    assert limiter.held == 3 and limiter.waiting == 1 and not waiters[2].done()
+    limiter.set_limit(1)  # lower: nobody holding a place loses it, nobody new gets one
+    limiter.release()
+    limiter.release()
+    assert limiter.held == 1 and not waiters[2].done()
+    limiter.release()
+    await asyncio.wait_for(waiters[2], 5)
+    assert limiter.held == 1 and limiter.waiting == 0
 
 
 async def test_apns_404_is_a_state_not_a_failure(world: World) -> None:
@@ -698,11 +763,11 @@ def test_graph_connection_failures_are_classified_by_type(
 ) -> None:
     """By aiohttp's exception types, not their text: that holds an SSLContext repr (with "ssl"
     in it), and the APNs collector's path has "certificate" in it."""
+    from exporter.aiohttp_failures import connection_failure
     from exporter.errors import network_hint
-    from exporter.graph import _connection_failure
 
     key = SimpleNamespace(host="graph.microsoft.com", port=443, ssl=ssl.create_default_context())
-    found, kind = _connection_failure(error(key))
+    found, kind = connection_failure(error(key))
     assert found == detail
     text = network_hint(
         f"GET /beta/deviceManagement/applePushNotificationCertificate: {found}", None, kind

@@ -87,10 +87,37 @@ async def test_entra_id_and_graph_go_through_https_proxy(
     await exporter.poll_all_once()
     assert exporter.store.tenant("contoso").up
     target = world.cloud.base_url.removeprefix("https://")
-    # One tunnel for MSAL's pool (discovery, then the token on the same connection), one for
-    # Graph's; both carry the proxy's credentials from the URL.
-    assert proxy.targets == [target, target]
+    # One tunnel: MSAL's requests (discovery, then the token) and Graph's share the session's
+    # pool, so they share the connection. It carries the proxy's credentials from the URL.
+    assert proxy.targets == [target]
+    assert proxy.authorizations == ["Basic dXNlcjpwYUBzcw=="]
+    assert len(world.cloud.entra.discovery_requests) == 1
+    assert len(world.cloud.token_requests) == 1
+    assert world.cloud.requests_for(world.tenants[0]["tenant_id"])
+
+
+async def test_entra_id_goes_through_the_proxy_when_graph_is_exempt(
+    world: World, proxy: ConnectProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Entra ID's requests go through the proxy on their own: the authority is `localhost` and
+    Graph `127.0.0.1`, which NO_PROXY exempts."""
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    world.add("contoso", ade_tokens=[ade_item("Contoso iOS")])
+    base = world.cloud.base_url
+    authority = base.replace("127.0.0.1", "localhost")
+    exporter = await world.exporter(
+        collect=["ade"],
+        defaults={"authority_host": authority, "graph_endpoint": base, "ca_file": world.ca_file},
+    )
+    await exporter.poll_all_once()
+    assert exporter.store.tenant("contoso").up
+    # Discovery at the authority's host, then the token endpoint that discovery names: MSAL's
+    # proxy is the authority's, so both are tunnelled. Graph went direct: no third tunnel.
+    assert proxy.targets == [authority.removeprefix("https://"), base.removeprefix("https://")]
     assert proxy.authorizations == ["Basic dXNlcjpwYUBzcw=="] * 2
+    assert len(world.cloud.token_requests) == 1
+    assert world.cloud.requests_for(world.tenants[0]["tenant_id"])
 
 
 async def test_no_proxy_exempts_the_hosts_it_names(

@@ -323,7 +323,7 @@ async def test_an_unreadable_secret_file_does_not_fail_once_it_was_read(
     )
 
 
-async def test_msal_calls_have_a_total_deadline(world: World, ca_file: Path) -> None:
+async def test_msal_calls_have_a_total_deadline(world: World, msal_http: MsalHttpClient) -> None:
     sim = world.add("contoso")
     world.cloud.fail_next_token(sim.tenant_id, TokenFault(200, wait=asyncio.Event()))  # hangs
     settings = AuthSettings(
@@ -335,9 +335,7 @@ async def test_msal_calls_have_a_total_deadline(world: World, ca_file: Path) -> 
         deadline=0.5,
     )
     pool = ThreadPoolExecutor(2)
-    tokens = MsalTokenProvider(
-        settings, http_client=MsalHttpClient(client_ssl_context(ca_file), 60), executor=pool
-    )
+    tokens = MsalTokenProvider(settings, http_client=msal_http, executor=pool)
     with pytest.raises(PollError) as caught:
         await tokens.token()
     assert caught.value.reason == "timeout"
@@ -346,7 +344,7 @@ async def test_msal_calls_have_a_total_deadline(world: World, ca_file: Path) -> 
 
 
 async def test_the_msal_client_is_let_go_once_it_has_given_a_token(
-    world: World, ca_file: Path, tmp_path: Path
+    world: World, msal_http: MsalHttpClient, tmp_path: Path
 ) -> None:
     sim = world.add("contoso")
     secret_file = tmp_path / "secret"
@@ -362,7 +360,7 @@ async def test_the_msal_client_is_let_go_once_it_has_given_a_token(
     pool = ThreadPoolExecutor(2)
     tokens = MsalTokenProvider(
         settings,
-        http_client=MsalHttpClient(client_ssl_context(ca_file), 60),
+        http_client=msal_http,
         executor=pool,
         clock=lambda: now[0],
     )
