@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -65,6 +65,9 @@ DOC: Final = ROOT / "docs" / "benchmarks.md"
 START_MARK: Final = "<!-- results:start (written by scripts/benchmark.py) -->"
 END_MARK: Final = "<!-- results:end -->"
 LATENCY: Final = 0.1
+# A second cold start gives Entra ID's requests (OIDC discovery, token) latency too, as the
+# real one has: it tells whether tokens keep up with the Graph slots.
+ENTRA_LATENCY: Final = 0.1
 CONCURRENCY: Final = 16
 
 PLAIN: Final = {"Accept-Encoding": "identity"}
@@ -143,12 +146,12 @@ def config_document(count: int, base_url: str, ca_file: Path) -> dict[str, Any]:
 # --- child processes --------------------------------------------------------------------------
 
 
-def _simulator_main(conn: Connection, count: int) -> None:
-    asyncio.run(_simulator_serve(conn, count))
+def _simulator_main(conn: Connection, count: int, entra_latency: float = 0.0) -> None:
+    asyncio.run(_simulator_serve(conn, count, entra_latency))
 
 
-async def _simulator_serve(conn: Connection, count: int) -> None:
-    cloud = SimulatedCloud(latency=LATENCY)
+async def _simulator_serve(conn: Connection, count: int, entra_latency: float) -> None:
+    cloud = SimulatedCloud(latency=LATENCY, entra_latency=entra_latency)
     app = SimApp(CLIENT_ID, secret=SECRET)
     now = time.time()
     for index in range(count):
@@ -297,17 +300,26 @@ class Series:
 
 
 @dataclass
+class ColdStart:
+    """From starting the exporter to every tenant polled once."""
+
+    ready_seconds: float = 0.0
+    first_round_seconds: float = 0.0
+    tenants_up: int = 0
+    cpu_until_ready: float = 0.0
+    rss_ready_kib: int = 0
+
+
+@dataclass
 class SizeResult:
     """Everything measured at one size."""
 
     tenants: int
     series: int = 0
     body_bytes: int = 0
-    ready_seconds: float = 0.0
-    first_round_seconds: float = 0.0
-    tenants_up: int = 0
-    cpu_until_ready: float = 0.0
-    rss_ready_kib: int = 0
+    cold: ColdStart = field(default_factory=ColdStart)
+    # The same with Entra ID's latency too (ENTRA_LATENCY), in a run of its own.
+    cold_entra: ColdStart = field(default_factory=ColdStart)
     rss_after_kib: int = 0
     hwm_kib: int = 0
     scrapes_made: int = 0
@@ -353,16 +365,18 @@ def log_field(log_file: Path, message: str) -> dict[str, Any] | None:
     return None
 
 
-async def measure(plan: Plan, tenants: int, workdir: Path, log: Any) -> SizeResult:
-    """One size: start the simulator and the exporter, then measure against the baselines."""
-    result = SizeResult(tenants)
-    sim = Child(_simulator_main, tenants, name="simulator")
+@contextlib.asynccontextmanager
+async def exporter_until_ready(
+    plan: Plan, tenants: int, sim: Child, workdir: Path, name: str, log: Any
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, str, ColdStart]]:
+    """Start the exporter against `sim` and wait until it is ready; stopped on leaving."""
+    cold = ColdStart()
     base_url, ca_pem = sim.receive()
-    ca_file = workdir / "simulator-ca.pem"
+    ca_file = workdir / f"simulator-ca-{name}.pem"
     ca_file.write_text(ca_pem)
-    config_file = workdir / f"config-{tenants}.yaml"
+    config_file = workdir / f"config-{name}.yaml"
     config_file.write_text(yaml.safe_dump(config_document(tenants, base_url, ca_file)))
-    log_file = workdir / f"exporter-{tenants}.log"
+    log_file = workdir / f"exporter-{name}.log"
     with log_file.open("w") as out:
         started = time.monotonic()
         process = await asyncio.create_subprocess_exec(
@@ -373,7 +387,6 @@ async def measure(plan: Plan, tenants: int, workdir: Path, log: Any) -> SizeResu
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    baseline: Child | None = None
     try:
 
         async def listening() -> str | None:
@@ -383,115 +396,31 @@ async def measure(plan: Plan, tenants: int, workdir: Path, log: Any) -> SizeResu
             return str(entry["address"]) if entry else None
 
         address = await wait_for(listening, 120, "the exporter did not listen")
-        base = f"http://{address}"
-        timeout = aiohttp.ClientTimeout(total=600)
-        async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session:
+        async with aiohttp.ClientSession() as session:
 
             async def ready() -> bool:
-                async with session.get(f"{base}/-/ready") as response:
+                async with session.get(f"http://{address}/-/ready") as response:
                     await response.read()
                     return response.status == 200
 
             await wait_for(ready, plan.ready_timeout, "the exporter was not ready")
-            result.ready_seconds = time.monotonic() - started
-            result.cpu_until_ready = proc_cpu_seconds(process.pid)
-            result.rss_ready_kib = proc_kib(process.pid, "VmRSS")
-            entry = log_field(log_file, "ready: every tenant has finished its first poll") or {}
-            result.first_round_seconds = float(entry.get("first_round_seconds", 0.0))
-            result.tenants_up = int(entry.get("tenants_up", 0))
-            sim.conn.send("stats")
-            stats = sim.receive()
-            if stats["graph_not_ok"] or result.tenants_up != tenants:
-                raise RuntimeError(f"the first round had failures: {stats}, {entry}")
-            log(
-                f"  ready after {result.ready_seconds:.1f} s (first round "
-                f"{result.first_round_seconds:.1f} s, bound {result.bound:.1f} s), "
-                f"RSS {result.rss_ready_kib / 1024:.0f} MiB"
-            )
-
-            metrics = f"{base}/metrics"
-            _, text = await timed_get(session, metrics, PLAIN)
-            _, om_gz = await timed_get(session, metrics, PROMETHEUS)
-            result.body_bytes = len(text)
-            result.series = sum(1 for line in text.split(b"\n") if line and line[:1] != b"#")
-            baseline = Child(
-                _baseline_main, {"text": text, "openmetrics.gz": om_gz}, name="baselines"
-            )
-            baseline_port = baseline.receive()
-            pre = f"http://127.0.0.1:{baseline_port}/prerendered"
-            variants = {
-                "ours, plain": (metrics, PLAIN),
-                "pre-rendered, plain": (pre, PLAIN),
-                "ours, Prometheus headers": (metrics, PROMETHEUS),
-                "pre-rendered, Prometheus headers": (pre, PROMETHEUS),
-            }
-            result.scrapes = {label: Series(label) for label in variants}
-            for _ in range(3):  # warm-up
-                for url, headers in variants.values():
-                    await timed_get(session, url, headers)
-            for _ in range(plan.scrapes):  # interleaved, so noise hits every variant alike
-                for label, (url, headers) in variants.items():
-                    seconds, body = await timed_get(session, url, headers)
-                    result.scrapes[label].latencies.append(seconds)
-                    result.scrapes[label].wire_bytes = len(body)
-            result.scrapes_made = 2 * (plan.scrapes + 3) + 2
-            generate = Series("generate_latest, plain")
-            gen_url = f"http://127.0.0.1:{baseline_port}/generate_latest"
-            for _ in range(plan.generate_latest_scrapes[tenants]):
-                seconds, body = await timed_get(session, gen_url, PLAIN)
-                generate.latencies.append(seconds)
-                generate.wire_bytes = len(body)
-            result.scrapes[generate.label] = generate
-            log(
-                f"  /metrics median {result.scrapes['ours, plain'].median_ms:.0f} ms, "
-                f"pre-rendered {result.scrapes['pre-rendered, plain'].median_ms:.0f} ms, "
-                f"generate_latest {generate.median_ms:.0f} ms"
-            )
-
-            # The status page as a person opens it: whole, filtered to one tenant, problems only.
-            views = {
-                "/": f"{base}/",
-                "/?q=<one tenant>": f"{base}/?q={tenant_name(tenants // 2)}",
-                "/?problems=1": f"{base}/?problems=1",
-            }
-            result.pages = {label: Series(label) for label in views}
-            for _ in range(plan.page_loads):
-                for label, url in views.items():
-                    seconds, body = await timed_get(session, url, PLAIN)
-                    result.pages[label].latencies.append(seconds)
-                    result.pages[label].wire_bytes = len(body)
-            log(
-                "  status page: "
-                + ", ".join(
-                    f"{label} {page.wire_bytes / 1e6:.2f} MB in {page.median_ms:.0f} ms"
-                    for label, page in result.pages.items()
-                )
-            )
-
-            # Health while scrapes run back to back (alternating both kinds of header).
-            prober = Child(
-                _prober_main, int(address.rsplit(":", 1)[1]), plan.health_seconds, name="prober"
-            )
-            scrapes = 0
-            while prober.process.is_alive() and not prober.conn.poll():
-                await timed_get(session, metrics, PLAIN if scrapes % 2 else PROMETHEUS)
-                scrapes += 1
-            result.health = prober.receive()
-            prober.process.join(10)
-            result.health_scrapes = scrapes
-            result.scrapes_made += scrapes
-            # Top up to 100 scrapes in all before the second memory reading.
-            while result.scrapes_made < 100:
-                await timed_get(session, metrics, PLAIN)
-                result.scrapes_made += 1
-            result.rss_after_kib = proc_kib(process.pid, "VmRSS")
-            result.hwm_kib = proc_kib(process.pid, "VmHWM")
-            log(
-                f"  /-/healthy p99 {percentile(result.health, 0.99) * 1000:.1f} ms during "
-                f"{scrapes} scrapes; RSS after {result.scrapes_made} scrapes "
-                f"{result.rss_after_kib / 1024:.0f} MiB"
-            )
-            return result
+        cold.ready_seconds = time.monotonic() - started
+        cold.cpu_until_ready = proc_cpu_seconds(process.pid)
+        cold.rss_ready_kib = proc_kib(process.pid, "VmRSS")
+        entry = log_field(log_file, "ready: every tenant has finished its first poll") or {}
+        cold.first_round_seconds = float(entry.get("first_round_seconds", 0.0))
+        cold.tenants_up = int(entry.get("tenants_up", 0))
+        sim.conn.send("stats")
+        stats = sim.receive()
+        if stats["graph_not_ok"] or cold.tenants_up != tenants:
+            raise RuntimeError(f"the first round had failures: {stats}, {entry}")
+        bound = math.ceil(tenants / CONCURRENCY) * LATENCY
+        log(
+            f"  {name}: ready after {cold.ready_seconds:.1f} s (first round "
+            f"{cold.first_round_seconds:.1f} s, bound {bound:.1f} s), "
+            f"RSS {cold.rss_ready_kib / 1024:.0f} MiB"
+        )
+        yield process, address, cold
     finally:
         if process.returncode is None:
             process.terminate()
@@ -500,6 +429,119 @@ async def measure(plan: Plan, tenants: int, workdir: Path, log: Any) -> SizeResu
             except TimeoutError:
                 process.kill()
                 await process.wait()
+
+
+async def cold_start_with_entra_latency(
+    plan: Plan, tenants: int, workdir: Path, log: Any
+) -> ColdStart:
+    """Only the cold start, against a simulator whose Entra ID answers after ENTRA_LATENCY."""
+    sim = Child(_simulator_main, tenants, ENTRA_LATENCY, name="simulator")
+    try:
+        name = f"{tenants}-entra-latency"
+        async with exporter_until_ready(plan, tenants, sim, workdir, name, log) as (_, _, cold):
+            return cold
+    finally:
+        sim.stop()
+
+
+async def measure(plan: Plan, tenants: int, workdir: Path, log: Any) -> SizeResult:
+    """One size: start the simulator and the exporter, then measure against the baselines."""
+    result = SizeResult(tenants)
+    sim = Child(_simulator_main, tenants, name="simulator")
+    baseline: Child | None = None
+    try:
+        async with exporter_until_ready(plan, tenants, sim, workdir, str(tenants), log) as (
+            process,
+            address,
+            result.cold,
+        ):
+            base = f"http://{address}"
+            timeout = aiohttp.ClientTimeout(total=600)
+            async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session:
+                metrics = f"{base}/metrics"
+                _, text = await timed_get(session, metrics, PLAIN)
+                _, om_gz = await timed_get(session, metrics, PROMETHEUS)
+                result.body_bytes = len(text)
+                result.series = sum(1 for line in text.split(b"\n") if line and line[:1] != b"#")
+                baseline = Child(
+                    _baseline_main, {"text": text, "openmetrics.gz": om_gz}, name="baselines"
+                )
+                baseline_port = baseline.receive()
+                pre = f"http://127.0.0.1:{baseline_port}/prerendered"
+                variants = {
+                    "ours, plain": (metrics, PLAIN),
+                    "pre-rendered, plain": (pre, PLAIN),
+                    "ours, Prometheus headers": (metrics, PROMETHEUS),
+                    "pre-rendered, Prometheus headers": (pre, PROMETHEUS),
+                }
+                result.scrapes = {label: Series(label) for label in variants}
+                for _ in range(3):  # warm-up
+                    for url, headers in variants.values():
+                        await timed_get(session, url, headers)
+                for _ in range(plan.scrapes):  # interleaved, so noise hits every variant alike
+                    for label, (url, headers) in variants.items():
+                        seconds, body = await timed_get(session, url, headers)
+                        result.scrapes[label].latencies.append(seconds)
+                        result.scrapes[label].wire_bytes = len(body)
+                result.scrapes_made = 2 * (plan.scrapes + 3) + 2
+                generate = Series("generate_latest, plain")
+                gen_url = f"http://127.0.0.1:{baseline_port}/generate_latest"
+                for _ in range(plan.generate_latest_scrapes[tenants]):
+                    seconds, body = await timed_get(session, gen_url, PLAIN)
+                    generate.latencies.append(seconds)
+                    generate.wire_bytes = len(body)
+                result.scrapes[generate.label] = generate
+                log(
+                    f"  /metrics median {result.scrapes['ours, plain'].median_ms:.0f} ms, "
+                    f"pre-rendered {result.scrapes['pre-rendered, plain'].median_ms:.0f} ms, "
+                    f"generate_latest {generate.median_ms:.0f} ms"
+                )
+
+                # The status page as a person opens it: whole, one tenant, problems only.
+                views = {
+                    "/": f"{base}/",
+                    "/?q=<one tenant>": f"{base}/?q={tenant_name(tenants // 2)}",
+                    "/?problems=1": f"{base}/?problems=1",
+                }
+                result.pages = {label: Series(label) for label in views}
+                for _ in range(plan.page_loads):
+                    for label, url in views.items():
+                        seconds, body = await timed_get(session, url, PLAIN)
+                        result.pages[label].latencies.append(seconds)
+                        result.pages[label].wire_bytes = len(body)
+                log(
+                    "  status page: "
+                    + ", ".join(
+                        f"{label} {page.wire_bytes / 1e6:.2f} MB in {page.median_ms:.0f} ms"
+                        for label, page in result.pages.items()
+                    )
+                )
+
+                # Health while scrapes run back to back (alternating both kinds of header).
+                prober = Child(
+                    _prober_main, int(address.rsplit(":", 1)[1]), plan.health_seconds, name="prober"
+                )
+                scrapes = 0
+                while prober.process.is_alive() and not prober.conn.poll():
+                    await timed_get(session, metrics, PLAIN if scrapes % 2 else PROMETHEUS)
+                    scrapes += 1
+                result.health = prober.receive()
+                prober.process.join(10)
+                result.health_scrapes = scrapes
+                result.scrapes_made += scrapes
+                # Top up to 100 scrapes in all before the second memory reading.
+                while result.scrapes_made < 100:
+                    await timed_get(session, metrics, PLAIN)
+                    result.scrapes_made += 1
+                result.rss_after_kib = proc_kib(process.pid, "VmRSS")
+                result.hwm_kib = proc_kib(process.pid, "VmHWM")
+                log(
+                    f"  /-/healthy p99 {percentile(result.health, 0.99) * 1000:.1f} ms during "
+                    f"{scrapes} scrapes; RSS after {result.scrapes_made} scrapes "
+                    f"{result.rss_after_kib / 1024:.0f} MiB"
+                )
+                return result
+    finally:
         if baseline is not None:
             baseline.stop()
         sim.stop()
@@ -576,19 +618,26 @@ def render_tables(results: list[SizeResult], plan: Plan) -> str:
         "",
         f"Bound: ⌈tenants ÷ {CONCURRENCY}⌉ x {LATENCY * 1000:.0f} ms. First round: from the "
         "start of polling to the last tenant's first poll (the exporter's own log line); "
-        "ready: from starting the process to `/-/ready` answering 200.",
+        "ready: from starting the process to `/-/ready` answering 200. Entra ID answers at "
+        f'once, except in the rows marked "Entra ID +{ENTRA_LATENCY * 1000:.0f} ms": a cold '
+        "start of its own against a simulator whose Entra ID answers each request (OIDC "
+        "discovery, token) after that latency, as the real one does.",
         "",
-        "| tenants | bound | first round | ratio | ready | ratio | CPU until ready | "
+        "| tenants | Entra ID | bound | first round | ratio | ready | ratio | CPU until ready | "
         "RSS when ready | RSS after 100 scrapes | peak RSS |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        lines.append(
-            f"| {r.tenants:,} | {r.bound:.1f} s | {r.first_round_seconds:.1f} s | "
-            f"{r.first_round_seconds / r.bound:.2f}x | {r.ready_seconds:.1f} s | "
-            f"{r.ready_seconds / r.bound:.2f}x | {r.cpu_until_ready:.1f} s | "
-            f"{mib(r.rss_ready_kib)} | {mib(r.rss_after_kib)} | {mib(r.hwm_kib)} |"
-        )
+        for entra, cold, after in (
+            ("at once", r.cold, f"{mib(r.rss_after_kib)} | {mib(r.hwm_kib)}"),
+            (f"+{ENTRA_LATENCY * 1000:.0f} ms", r.cold_entra, "| "),
+        ):
+            lines.append(
+                f"| {r.tenants:,} | {entra} | {r.bound:.1f} s | {cold.first_round_seconds:.1f} s | "
+                f"{cold.first_round_seconds / r.bound:.2f}x | {cold.ready_seconds:.1f} s | "
+                f"{cold.ready_seconds / r.bound:.2f}x | {cold.cpu_until_ready:.1f} s | "
+                f"{mib(cold.rss_ready_kib)} | {after} |"
+            )
     return "\n".join(lines)
 
 
@@ -601,7 +650,7 @@ def machine_facts() -> list[str]:
                 break
     versions = [
         f"{package} {importlib.metadata.version(package)}"
-        for package in ("aiohttp", "msal", "prometheus-client", "urllib3")
+        for package in ("aiohttp", "msal", "prometheus-client")
     ]
     commit = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
@@ -642,7 +691,9 @@ async def run(plan: Plan, log: Any) -> list[SizeResult]:
     with tempfile.TemporaryDirectory(prefix="intune-benchmark-") as tmp:
         for tenants in plan.sizes:
             log(f"{tenants:,} tenants ...")
-            results.append(await measure(plan, tenants, Path(tmp), log))
+            result = await measure(plan, tenants, Path(tmp), log)
+            result.cold_entra = await cold_start_with_entra_latency(plan, tenants, Path(tmp), log)
+            results.append(result)
     return results
 
 

@@ -16,7 +16,7 @@ import ssl
 import time
 import uuid
 from collections import defaultdict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -34,6 +34,8 @@ from .graph_schema import (
     parse_select,
     project,
 )
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 ADE_PATH: Final = "/beta/deviceManagement/depOnboardingSettings"
 VPP_PATH: Final = "/beta/deviceAppManagement/vppTokens"
@@ -121,9 +123,10 @@ class GraphRequest:
 class SimulatedCloud:
     """Entra ID + Graph for any number of simulated tenants, on one loopback TLS server."""
 
-    def __init__(self, latency: float = 0.0) -> None:
+    def __init__(self, latency: float = 0.0, entra_latency: float = 0.0) -> None:
         self.tenants: dict[str, SimTenant] = {}
-        self.latency = latency
+        self.latency = latency  # added to each Graph request (benchmarks)
+        self.entra_latency = entra_latency  # added to each Entra ID request (benchmarks)
         # Properties Graph no longer serves, by resource type (a withdrawn beta property).
         self.withdrawn: dict[str, frozenset[str]] = {}
         self.graph_requests: deque[GraphRequest] = deque(maxlen=REQUEST_LOG_SIZE)
@@ -182,8 +185,10 @@ class SimulatedCloud:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serve over TLS on loopback; returns the base URL ``https://127.0.0.1:PORT``."""
         app = web.Application()
-        app.router.add_get("/{tenant}/v2.0/.well-known/openid-configuration", self.entra.discovery)
-        app.router.add_post("/{tenant}/oauth2/v2.0/token", self.entra.token)
+        app.router.add_get(
+            "/{tenant}/v2.0/.well-known/openid-configuration", self._entra(self.entra.discovery)
+        )
+        app.router.add_post("/{tenant}/oauth2/v2.0/token", self._entra(self.entra.token))
         app.router.add_get(ADE_PATH, self._graph)
         app.router.add_get(ADE_PATH + "/{token}", self._graph)
         app.router.add_get(ADE_PATH + "/{token}/importedAppleDeviceIdentities", self._graph)
@@ -212,6 +217,14 @@ class SimulatedCloud:
             for r in self.graph_requests
             if r.tenant_id == tenant_id and (path is None or r.path == path)
         ]
+
+    def _entra(self, handler: Handler) -> Handler:
+        async def delayed(request: web.Request) -> web.StreamResponse:
+            if self.entra_latency:
+                await asyncio.sleep(self.entra_latency)  # injected Entra ID latency
+            return await handler(request)
+
+        return delayed
 
     # --- Graph ---------------------------------------------------------------------------------
 
