@@ -112,10 +112,11 @@ async def test_entra_id_goes_through_the_proxy_when_graph_is_exempt(
     )
     await exporter.poll_all_once()
     assert exporter.store.tenant("contoso").up
-    # Discovery at the authority's host, then the token endpoint that discovery names: MSAL's
-    # proxy is the authority's, so both are tunnelled. Graph went direct: no third tunnel.
-    assert proxy.targets == [authority.removeprefix("https://"), base.removeprefix("https://")]
-    assert proxy.authorizations == ["Basic dXNlcjpwYUBzcw=="] * 2
+    # Discovery, then the token, both at the authority's host through one tunnel; Graph went
+    # direct: no tunnel to its host.
+    assert proxy.targets == [authority.removeprefix("https://")]
+    assert proxy.authorizations == ["Basic dXNlcjpwYUBzcw=="]
+    assert len(world.cloud.entra.discovery_requests) == 1
     assert len(world.cloud.token_requests) == 1
     assert world.cloud.requests_for(world.tenants[0]["tenant_id"])
 
@@ -139,3 +140,24 @@ def test_proxy_for_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> N
     assert proxy_for("https://graph.microsoft.com") == "http://proxy.example:3128"
     assert proxy_for("https://login.internal.example/tenant") is None
     assert proxy_for("https://graph.microsoft.us") is None
+
+
+async def test_entra_id_cookies_are_never_sent_back(world: World) -> None:
+    """Entra ID sets cookies on its answers; MSAL's requests share the session with Graph's and
+    with every other tenant's, so the session keeps none. The authority is `localhost`: a cookie
+    jar keeps no cookies for an IP address, so on 127.0.0.1 this would prove nothing."""
+    base = world.cloud.base_url
+    for name in ("contoso", "fabrikam"):
+        world.add(name, ade_tokens=[ade_item(f"{name} iOS")])
+    exporter = await world.exporter(
+        collect=["ade"],
+        defaults={
+            "authority_host": base.replace("127.0.0.1", "localhost"),
+            "graph_endpoint": base,
+            "ca_file": world.ca_file,
+        },
+    )
+    await exporter.poll_all_once()
+    assert exporter.store.tenant("contoso").up and exporter.store.tenant("fabrikam").up
+    assert len(world.cloud.token_requests) == 2
+    assert world.cloud.requests_with_cookies == 0

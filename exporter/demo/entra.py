@@ -106,7 +106,8 @@ class EntraFake:
             return await self._fault(faults.popleft())
         if self._apps_of(tenant) is None:
             return entra_error(400, "invalid_tenant", 90002, f"Tenant '{tenant}' not found.")
-        base = f"{self._base_url()}/{tenant}"
+        # On the host it was asked on, as Entra ID's own discovery names its own host.
+        base = f"https://{request.host}/{tenant}"
         return web.json_response(
             {
                 "token_endpoint": f"{base}/oauth2/v2.0/token",
@@ -169,7 +170,8 @@ class EntraFake:
                 50027,
                 f"JWT token is invalid or malformed: client_assertion_type must be {JWT_BEARER}.",
             )
-        accepted, kind, claims, headers = self._check_credential(tenant_id, app, form)
+        audience = f"https://{request.host}/{tenant_id}/oauth2/v2.0/token"
+        accepted, kind, claims, headers = self._check_credential(tenant_id, app, form, audience)
         self.token_requests.append(
             TokenRequest(tenant_id, client_id, kind, accepted, claims, headers, scope)
         )
@@ -233,7 +235,7 @@ class EntraFake:
         return response
 
     def _check_credential(
-        self, tenant_id: str, app: SimApp, form: Any
+        self, tenant_id: str, app: SimApp, form: Any, audience: str
     ) -> tuple[bool, str, dict[str, Any] | None, dict[str, Any] | None]:
         if "client_secret" in form:
             return (
@@ -256,7 +258,7 @@ class EntraFake:
                 assertion,
                 public_key,  # type: ignore[arg-type]
                 algorithms=["RS256", "PS256", "ES256"],
-                audience=f"{self._base_url()}/{tenant_id}/oauth2/v2.0/token",
+                audience=audience,
                 issuer=app.client_id,
             )
         except (jwt.PyJWTError, ValueError):

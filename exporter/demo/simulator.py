@@ -127,6 +127,7 @@ class SimulatedCloud:
         self.tenants: dict[str, SimTenant] = {}
         self.latency = latency  # added to each Graph request (benchmarks)
         self.entra_latency = entra_latency  # added to each Entra ID request (benchmarks)
+        self.requests_with_cookies = 0  # Entra ID or Graph requests that carried a Cookie
         # Properties Graph no longer serves, by resource type (a withdrawn beta property).
         self.withdrawn: dict[str, frozenset[str]] = {}
         self.graph_requests: deque[GraphRequest] = deque(maxlen=REQUEST_LOG_SIZE)
@@ -220,15 +221,25 @@ class SimulatedCloud:
 
     def _entra(self, handler: Handler) -> Handler:
         async def delayed(request: web.Request) -> web.StreamResponse:
+            self._saw_cookies(request)
             if self.entra_latency:
                 await asyncio.sleep(self.entra_latency)  # injected Entra ID latency
-            return await handler(request)
+            response = await handler(request)
+            # As Entra ID does: a per-browser cookie on every answer, which an API client
+            # must not send back (let alone on another tenant's request).
+            response.set_cookie("fpc", uuid.uuid4().hex, path="/", secure=True, httponly=True)
+            return response
 
         return delayed
+
+    def _saw_cookies(self, request: web.Request) -> None:
+        if "Cookie" in request.headers:
+            self.requests_with_cookies += 1
 
     # --- Graph ---------------------------------------------------------------------------------
 
     async def _graph(self, request: web.Request) -> web.StreamResponse:
+        self._saw_cookies(request)
         if self.latency:
             await asyncio.sleep(self.latency)  # injected Graph latency for benchmarks
         token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
