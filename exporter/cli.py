@@ -14,7 +14,7 @@ import threading
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from . import __version__
+from . import __version__, gc_tuning
 from .config import ExporterConfig, load_config
 from .config.durations import parse_duration
 from .logs import configure_logging
@@ -336,6 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             checked += f"; {args.web_config_file}: {web_config.summary()}"
         print(f"configuration is valid ({checked})")
         return 0
+    gc_tuning.tune()
     with contextlib.suppress(KeyboardInterrupt):
         if config is None:
             asyncio.run(_run_demo(web_config, host, port, shard, state_file, write_interval))

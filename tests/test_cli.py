@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import gc
 import json
 import os
 import re
@@ -16,13 +17,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 
 import bcrypt
 import pytest
 import trustme
 
+from exporter.gc_tuning import YOUNG_THRESHOLD
 from exporter.metrics import metric_specs
 
 from .conftest import one, samples_by_name
@@ -325,3 +327,37 @@ def test_tls_and_basic_auth_on_the_running_exporter(tmp_path: Path) -> None:
     # `get` hangs up without reading the body, as a scraper that timed out does: the exporter
     # stops writing instead of logging asyncio's warning once per chunk.
     assert "socket.send() raised exception" not in running.log_path.read_text()
+
+
+@pytest.fixture
+def restore_gc() -> Iterator[None]:
+    threshold = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*threshold)
+
+
+def test_the_exporter_runs_with_the_collector_tuned(
+    monkeypatch: pytest.MonkeyPatch, restore_gc: None
+) -> None:
+    """Rarer young collections and a frozen start-up heap (gc_tuning), only when serving."""
+    import exporter.cli as cli
+
+    seen: list[tuple[tuple[int, int, int], int]] = []
+
+    def fake_run(coroutine: Coroutine[object, object, object]) -> None:
+        coroutine.close()
+        seen.append((gc.get_threshold(), gc.get_freeze_count()))
+
+    monkeypatch.setattr(cli.asyncio, "run", fake_run)
+    monkeypatch.setattr(cli, "configure_logging", lambda *_: None)  # keep pytest's handlers
+    gc.unfreeze()
+    gc.set_threshold(700, 10, 10)
+    assert cli.main(["--demo", "--check-config"]) == 0
+    assert gc.get_threshold() == (700, 10, 10) and gc.get_freeze_count() == 0
+    assert seen == []
+
+    assert cli.main(["--demo", "--web.listen-address=127.0.0.1:0"]) == 0
+    [(threshold, frozen)] = seen
+    assert threshold == (YOUNG_THRESHOLD, 10, 10)
+    assert frozen > 10_000  # the imported modules, at least
