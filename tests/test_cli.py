@@ -24,6 +24,7 @@ import bcrypt
 import pytest
 import trustme
 
+from exporter import cli
 from exporter.gc_tuning import YOUNG_THRESHOLD
 from exporter.metrics import metric_specs
 
@@ -341,8 +342,6 @@ def test_the_exporter_runs_with_the_collector_tuned(
     monkeypatch: pytest.MonkeyPatch, restore_gc: None
 ) -> None:
     """Rarer young collections and a frozen start-up heap (gc_tuning), only when serving."""
-    import exporter.cli as cli
-
     seen: list[tuple[tuple[int, int, int], int]] = []
 
     def fake_run(coroutine: Coroutine[object, object, object]) -> None:
