@@ -11,6 +11,10 @@ that took 0.3-0.9 s of the event loop per scrape (170x serving the same bytes); 
 would miss Prometheus's scrape timeout. prometheus-client stays for what it does well and what
 must match it exactly: the HELP/TYPE header lines (rendered by it, once, at start), float
 formatting of static values, content negotiation, and parsing in the tests.
+
+The time-derived values (about 9,000 at 1,000 tenants, on every scrape) are formatted by
+orjson: one `orjson.dumps` of the list writes each float in its shortest round-trip form (as
+`repr` does, but in C, 3x faster than a `%r` per value), the same number a parser reads back.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Final
 
+import orjson
 from prometheus_client import CollectorRegistry
 from prometheus_client import generate_latest as text_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -116,7 +121,7 @@ class Lines:
     """One tenant's (or the exporter's own) rendered lines, per family of a `Layout`.
 
     `static[i]` holds the finished lines of family i. `derived[i]` holds, for a time-derived
-    family, a %-template of its lines (``prefix %r\\n`` each) and the timestamps the values
+    family, a %-template of its lines (``prefix %b\\n`` each) and the timestamps the values
     count from.
     """
 
@@ -155,7 +160,7 @@ def render_lines(layout: Layout, samples: Iterable[Sample]) -> Lines:
             static.setdefault(i, []).append(f"{prefix} {_value_text(value)}\n")
         else:
             template, stamps = derived.setdefault(i, ([], []))
-            template.append(prefix.replace("%", "%%") + " %r\n")
+            template.append(prefix.replace("%", "%%") + " %b\n")
             stamps.append(value)
     count = len(specs)
     return Lines(
@@ -205,16 +210,26 @@ def join_family(parts: Sequence[Lines], i: int, derived: bool) -> Joined:
     return Joined(b"", tuple(groups))
 
 
+def value_texts(values: list[float]) -> list[bytes]:
+    """Each value as the exposition writes it: shortest round-trip text, from orjson in one
+    call. orjson writes a non-finite float as ``null``; such a list takes prometheus-client's
+    path (``+Inf``, ``NaN``) instead."""
+    text = orjson.dumps(values)
+    if b"null" in text:
+        return [_value_text(value).encode() for value in values]
+    return text[1:-1].split(b",") if values else []
+
+
 def _derived_text(
     groups: Iterable[tuple[bytes, tuple[float, ...]]], derived: str, now: float
 ) -> list[bytes]:
     out = []
     for template, stamps in groups:
         if derived == "days_until":  # the formula of timetext.days_until, inlined for speed
-            values = tuple([(stamp - now) / SECONDS_PER_DAY for stamp in stamps])
+            values = [(stamp - now) / SECONDS_PER_DAY for stamp in stamps]
         else:
-            values = tuple([now - stamp for stamp in stamps])
-        out.append(template % values)
+            values = [now - stamp for stamp in stamps]
+        out.append(template % tuple(value_texts(values)))
     return out
 
 

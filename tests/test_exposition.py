@@ -175,6 +175,27 @@ def test_time_derived_values_move_between_scrapes_without_a_poll() -> None:
     assert (one(later, "d"), one(later, "s"), one(later, "v")) == (0.5, 43200.0, 7.0)
 
 
+def test_time_derived_values_are_written_as_python_writes_floats() -> None:
+    # Shortest round-trip text: what prometheus-client's floatToGoString writes for these.
+    values = [0.0, -0.0, 1.0, 0.1, 1 / 3, -20.000011574074074, 86399.99999, 1e-05, 2.5e16, 1e300]
+    texts = exposition.value_texts(values)
+    assert [float(text) for text in texts] == values
+    # Exponents aside (orjson writes 0.00001 where repr writes 1e-05), the same text.
+    assert [text.decode() for text in texts[:7]] == [repr(value) for value in values[:7]]
+    assert exposition.value_texts([]) == []
+
+
+def test_a_non_finite_time_derived_value_is_written_as_prometheus_client_writes_it() -> None:
+    # orjson writes NaN and infinities as null, which no parser reads as a number.
+    texts = exposition.value_texts([1.5, float("inf"), float("-inf"), float("nan")])
+    assert texts == [b"1.5", b"+Inf", b"-Inf", b"NaN"]
+    layout = Layout.of((MetricSpec("d", "gauge", "days", ("a",), derived="days_until"),))
+    part = render_lines(layout, [("d", ("x",), float("inf")), ("d", ("y",), 1000.0 + 86400)])
+    text = render(layout, [part], 1000.0, openmetrics=False).decode()
+    assert 'd{a="x"} +Inf\n' in text
+    assert 'd{a="y"} 1.0\n' in text
+
+
 def test_name_filter_keeps_only_the_named_families() -> None:
     _, lines = generated_store(3)
     body = render(
