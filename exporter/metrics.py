@@ -226,6 +226,14 @@ def tenant_samples(
         yield "intune_tenant_last_successful_poll_timestamp_seconds", (name,), state.last_success_at
     if state.last_poll_duration is not None:
         yield "intune_tenant_poll_duration_seconds", (name,), state.last_poll_duration
+    if state.credential_expires_at is not None:
+        # An exporter metric, but one series per tenant: rendered with the tenant's lines when
+        # its poll lands, not per scrape for every tenant.
+        yield (
+            "intune_exporter_credential_expiry_timestamp_seconds",
+            (name,),
+            state.credential_expires_at,
+        )
     for collector_name, collector in state.collectors.items():
         labels = (name, collector_name)
         yield "intune_tenant_collector_up", labels, 1.0 if collector.up else 0.0
@@ -261,7 +269,6 @@ def exporter_samples(
     storage: StorageStats | None = None,
     reload_status: tuple[bool, float] | None = None,
     discovery: tuple[DiscoveryState, float] | None = None,
-    credential_expiry: Iterable[tuple[str, float]] = (),
 ) -> Iterator[Sample]:
     """The exporter's own samples (not per tenant); the storage ones with --storage.path, the
     discovery ones (state, refresh interval) with discovery.gdap."""
@@ -283,8 +290,6 @@ def exporter_samples(
     yield "intune_exporter_shard_info", (str(shard.index), str(shard.total)), 1.0
     yield "intune_exporter_total_shards", (), float(shard.total)
     yield "intune_exporter_tenants", (), float(tenants)
-    for tenant, expires_at in credential_expiry:
-        yield "intune_exporter_credential_expiry_timestamp_seconds", (tenant,), expires_at
     if storage is not None:
         if storage.last_write_at is not None:
             yield "intune_exporter_storage_last_write_timestamp_seconds", (), storage.last_write_at

@@ -130,7 +130,9 @@ class TenantPoller:
         for collector in collectors:
             self._last_run[collector.name] = self._clock()
         duration = time.monotonic() - started
-        state = self._store.record_poll(self.name, results, started_at, duration)
+        state = self._store.record_poll(
+            self.name, results, started_at, duration, self.credential_expires_at
+        )
         self._log(results, duration)
         return state
 

@@ -173,9 +173,6 @@ class Scheduler:
     def poller(self, name: str) -> TenantPoller | None:
         return self._pollers.get(name)
 
-    def pollers(self) -> list[TenantPoller]:
-        return list(self._pollers.values())
-
     def add(self, poller: TenantPoller, offset: float | None = None) -> None:
         """Poll `poller` (at once if running); it replaces a poller of the same name."""
         self.remove(poller.name)

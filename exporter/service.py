@@ -171,11 +171,6 @@ class Exporter:
             stats,
             self.reload_status,
             discovery,
-            [
-                (poller.name, expires_at)
-                for poller in self._scheduler.pollers()
-                if (expires_at := poller.credential_expires_at) is not None
-            ],
         )
 
     def discovery_summary(self) -> str | None:

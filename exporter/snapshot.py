@@ -50,6 +50,8 @@ class TenantState:
     source: str = "config"  # where the tenant came from: `tenants:` ("config") or "gdap"
     last_success_at: float | None = None  # last poll in which every collector succeeded
     last_poll_duration: float | None = None
+    # notAfter of the exporter's own certificate for this tenant, as of its latest poll.
+    credential_expires_at: float | None = None
 
     @property
     def up(self) -> bool:
@@ -225,8 +227,10 @@ class SnapshotStore:
         results: Mapping[str, Fetched | Records | PollError],
         started_at: float,
         duration: float,
+        credential_expires_at: float | None = None,
     ) -> TenantState | None:
-        """Store the outcome of one poll of `tenant` (records or error per collector).
+        """Store the outcome of one poll of `tenant` (records or error per collector, and
+        when the credential it authenticated with expires, where that is known).
 
         Returns the new state, or None when the tenant was removed while it was polled.
         """
@@ -257,6 +261,7 @@ class SnapshotStore:
             polled=True,
             restored=False,
             last_poll_duration=duration,
+            credential_expires_at=credential_expires_at,
         )
         if state.up:
             state = replace(state, last_success_at=now)

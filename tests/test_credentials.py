@@ -127,15 +127,14 @@ async def test_the_certificate_credential_s_expiry_is_exported(
     )
     world.add("fabrikam", ade_tokens=[ade_item("B")])
     exporter = await world.exporter(collect=["ade"])
-    assert not [s for s in exporter.exporter_samples() if "credential_expiry" in s[0]]  # unread
+    unread = samples_by_name(exposition(exporter, time.time()))
+    assert "intune_exporter_credential_expiry_timestamp_seconds" not in unread
 
     await exporter.poll_all_once()
 
     not_after = x509.load_pem_x509_certificate(cert_pem.encode()).not_valid_after_utc.timestamp()
-    expiry = [s for s in exporter.exporter_samples() if "credential_expiry" in s[0]]
-    assert expiry == [
-        ("intune_exporter_credential_expiry_timestamp_seconds", ("contoso",), not_after)
-    ]
+    assert exporter.store.tenant("contoso").credential_expires_at == not_after
+    assert exporter.store.tenant("fabrikam").credential_expires_at is None
     scraped = samples_by_name(exposition(exporter, time.time()))
     assert scraped["intune_exporter_credential_expiry_timestamp_seconds"] == [
         ({"tenant": "contoso"}, not_after)
@@ -183,6 +182,12 @@ async def test_certificate_not_registered_on_the_app_is_rejected(
 
     error = exporter.store.tenant("contoso").collectors["ade"].last_error
     assert error is not None and error.reason == "auth" and "AADSTS700027" in error.message
+    # A rejected certificate still says when it expires: the poll that failed records it.
+    not_after = x509.load_pem_x509_certificate(cert_pem.encode()).not_valid_after_utc.timestamp()
+    scraped = samples_by_name(exposition(exporter, time.time()))
+    assert scraped["intune_exporter_credential_expiry_timestamp_seconds"] == [
+        ({"tenant": "contoso"}, not_after)
+    ]
 
 
 async def test_federated_token_file_is_read_again_for_each_new_token(
