@@ -19,6 +19,7 @@ orjson: one `orjson.dumps` of the list writes each float in its shortest round-t
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Final
@@ -192,7 +193,7 @@ class Joined:
     """
 
     static: bytes
-    groups: tuple[tuple[bytes, tuple[float, ...]], ...] = ()
+    groups: tuple[tuple[bytes, Sequence[float]], ...] = ()
     deflated: Deflated | None = None
 
 
@@ -205,7 +206,9 @@ def join_family(parts: Sequence[Lines], i: int, derived: bool) -> Joined:
         group = parts[start : start + DERIVED_GROUP]
         template = b"".join([part.derived[i][0] for part in group])
         if template:
-            stamps = tuple([stamp for part in group for stamp in part.derived[i][1]])
+            # Contiguous doubles: the parts' float objects lie all over the heap, and reading
+            # 9,000 of them per scrape at 1,000 tenants missed the cache on most of them.
+            stamps = array("d", [stamp for part in group for stamp in part.derived[i][1]])
             groups.append((template, stamps))
     return Joined(b"", tuple(groups))
 
@@ -221,7 +224,7 @@ def value_texts(values: list[float]) -> list[bytes]:
 
 
 def _derived_text(
-    groups: Iterable[tuple[bytes, tuple[float, ...]]], derived: str, now: float
+    groups: Iterable[tuple[bytes, Sequence[float]]], derived: str, now: float
 ) -> list[bytes]:
     out = []
     for template, stamps in groups:
