@@ -14,7 +14,7 @@ import threading
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from . import __version__, gc_tuning
+from . import __version__, gc_tuning, tls_buffers
 from .config import ExporterConfig, load_config
 from .config.durations import parse_duration
 from .logs import configure_logging
@@ -337,6 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"configuration is valid ({checked})")
         return 0
     gc_tuning.tune()
+    tls_buffers.limit()
     with contextlib.suppress(KeyboardInterrupt):
         if config is None:
             asyncio.run(_run_demo(web_config, host, port, shard, state_file, write_interval))

@@ -17,6 +17,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from asyncio.sslproto import SSLProtocol
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import trustme
 from exporter import cli
 from exporter.gc_tuning import YOUNG_THRESHOLD
 from exporter.metrics import metric_specs
+from exporter.tls_buffers import READ_BUFFER
 
 from .conftest import one, samples_by_name
 
@@ -333,30 +335,35 @@ def test_tls_and_basic_auth_on_the_running_exporter(tmp_path: Path) -> None:
 @pytest.fixture
 def restore_gc() -> Iterator[None]:
     threshold = gc.get_threshold()
+    read_buffer = SSLProtocol.max_size
     yield
     gc.unfreeze()
     gc.set_threshold(*threshold)
+    SSLProtocol.max_size = read_buffer
 
 
 def test_the_exporter_runs_with_the_collector_tuned(
     monkeypatch: pytest.MonkeyPatch, restore_gc: None
 ) -> None:
     """Rarer young collections and a frozen start-up heap (gc_tuning), only when serving."""
-    seen: list[tuple[tuple[int, int, int], int]] = []
+    seen: list[tuple[tuple[int, int, int], int, int]] = []
 
     def fake_run(coroutine: Coroutine[object, object, object]) -> None:
         coroutine.close()
-        seen.append((gc.get_threshold(), gc.get_freeze_count()))
+        seen.append((gc.get_threshold(), gc.get_freeze_count(), SSLProtocol.max_size))
 
     monkeypatch.setattr(cli.asyncio, "run", fake_run)
     monkeypatch.setattr(cli, "configure_logging", lambda *_: None)  # keep pytest's handlers
     gc.unfreeze()
     gc.set_threshold(700, 10, 10)
+    SSLProtocol.max_size = 256 * 1024  # Python 3.11's
     assert cli.main(["--demo", "--check-config"]) == 0
     assert gc.get_threshold() == (700, 10, 10) and gc.get_freeze_count() == 0
+    assert SSLProtocol.max_size == 256 * 1024
     assert seen == []
 
     assert cli.main(["--demo", "--web.listen-address=127.0.0.1:0"]) == 0
-    [(threshold, frozen)] = seen
+    [(threshold, frozen, read_buffer)] = seen
+    assert read_buffer == READ_BUFFER  # exporter.tls_buffers
     assert threshold == (YOUNG_THRESHOLD, 10, 10)
     assert frozen > 10_000  # the imported modules, at least
