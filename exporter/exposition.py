@@ -292,7 +292,7 @@ def assemble(
     names: frozenset[str] | None = None,
     extra: Lines | None = None,
     compress: bool = False,
-) -> tuple[list[bytes], list[Joined | None]]:
+) -> tuple[list[bytes | memoryview], list[Joined | None]]:
     """The exposition at `now` as chunks: every family's header, its joined lines, then the
     `extra` part's (rendered per scrape), and the families as used (with `compress`, with their
     compressed lines). Blocking and CPU-bound at scale: run it in a thread. `names` keeps only
@@ -311,7 +311,7 @@ def assemble(
     )
     if compress:
         return gzip_pieces(pieces, PER_SCRAPE_GZIP_LEVEL), used
-    return [piece for piece in pieces if isinstance(piece, bytes)], used
+    return [piece for piece in pieces if not isinstance(piece, Deflated)], used
 
 
 def render(
@@ -439,18 +439,18 @@ def render_snapshot(
 WRITE_SIZE: Final = 256 * 1024
 
 
-def coalesce(chunks: Iterable[bytes]) -> list[bytes]:
+def coalesce(chunks: Iterable[bytes | memoryview]) -> list[bytes]:
     """The same bytes in chunks of at least `WRITE_SIZE` (but the last); large chunks are
     passed on as they are, only runs of small ones are copied."""
     out: list[bytes] = []
-    pending: list[bytes] = []
+    pending: list[bytes | memoryview] = []
     size = 0
     for chunk in chunks:
         if len(chunk) >= WRITE_SIZE:
             if pending:
                 out.append(b"".join(pending))
                 pending, size = [], 0
-            out.append(chunk)
+            out.append(chunk if isinstance(chunk, bytes) else bytes(chunk))
             continue
         pending.append(chunk)
         size += len(chunk)

@@ -58,6 +58,30 @@ def test_stitched_pieces_are_one_member_with_the_right_bytes() -> None:
     assert int.from_bytes(body[-4:], "little") == len(expected)
 
 
+def test_at_level_zero_pieces_are_written_as_stored_blocks() -> None:
+    rng = random.Random(11)
+    large = rng.randbytes(3 * 0xFFFF + 17)  # four stored blocks, the last one partial
+    pieces: list[bytes | Deflated] = [
+        b"# HELP a b\n",
+        deflate(b"x" * 5000, 1),
+        large,
+        b"",
+        b"y" * 0xFFFF,  # exactly one full block
+        deflate(b"z" * 100, 1),
+        b"# EOF\n",
+    ]
+    expected = b"".join(p if isinstance(p, bytes) else _decode_raw(p.data) for p in pieces)
+    chunks = gzip_pieces(pieces, 0)
+    body = b"".join(chunks)
+    assert _decode_one_member(body) == expected
+    assert gzip.decompress(body) == expected
+    # The large piece went out as views of itself, not copied through zlib.
+    views = [c for c in chunks if isinstance(c, memoryview)]
+    assert [len(v) for v in views] == [11, 0xFFFF, 0xFFFF, 0xFFFF, 17, 0xFFFF, 6]
+    assert all(v.obj is large for v in views[1:5])
+    assert len(body) > len(large) + 0xFFFF  # stored, not compressed
+
+
 def test_a_corrupted_piece_is_caught_by_the_crc() -> None:
     # A piece whose CRC does not match its bytes (as a stale cache would give) fails to decode.
     good = deflate(b"abc" * 100, 1)
