@@ -13,8 +13,9 @@ must match it exactly: the HELP/TYPE header lines (rendered by it, once, at star
 formatting of static values, content negotiation, and parsing in the tests.
 
 The time-derived values (about 9,000 at 1,000 tenants, on every scrape) are formatted by
-orjson: one `orjson.dumps` of the list writes each float in its shortest round-trip form (as
-`repr` does, but in C, 3x faster than a `%r` per value), the same number a parser reads back.
+orjson: one `orjson.dumps` of the list writes each float in its shortest round-trip form (the
+digits `repr` writes, though small exponents are spelt out: 0.00001 for 1e-05; in C, 3x faster
+than a `%r` per value), the same number any exposition parser reads back.
 """
 
 from __future__ import annotations
@@ -298,8 +299,9 @@ def assemble(
     compressed lines). Blocking and CPU-bound at scale: run it in a thread. `names` keeps only
     those families (Prometheus's `name[]` parameter).
 
-    With `compress`, only what changes per scrape is compressed here: the time-derived
-    families, the `extra` part and families whose lines changed since they were last compressed.
+    With `compress`, only what changes per scrape is gzipped here: the time-derived families
+    and the `extra` part (as stored blocks), and families whose lines changed since they were
+    last compressed.
     """
     used = list(families)
     if compress:

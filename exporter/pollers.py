@@ -119,6 +119,9 @@ class TenantPoller:
         started = time.monotonic()
         collectors = self.due()
         if not collectors:
+            # The scheduler fetched a token anyway: a rotated certificate shows now, not at
+            # the next poll with a collector due.
+            self._store.record_credential_expiry(self.name, self.credential_expires_at)
             return self._store.tenant(self.name) if self._store.has(self.name) else None
         if not authenticated:
             auth = await self.authenticate()

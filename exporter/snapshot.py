@@ -272,6 +272,16 @@ class SnapshotStore:
         self._changed(tenant, state)
         return state
 
+    def record_credential_expiry(self, tenant: str, expires_at: float | None) -> None:
+        """When the credential of `tenant` expires, learnt outside a recorded poll (a token
+        fetched for a poll that found no collector due)."""
+        state = self._tenants.get(tenant)
+        if state is None or state.credential_expires_at == expires_at:
+            return
+        state = replace(state, credential_expires_at=expires_at)
+        self._tenants[tenant] = state
+        self._changed(tenant, state)
+
     def count_graph_request(self, tenant: str, status: int) -> None:
         """Count one Graph HTTP response (shown with the tenant's next change)."""
         counts = self._counts.get(tenant)

@@ -320,7 +320,8 @@ class SizeResult:
     cold: ColdStart = field(default_factory=ColdStart)
     # The same with Entra ID's latency too (ENTRA_LATENCY), in a run of its own.
     cold_entra: ColdStart = field(default_factory=ColdStart)
-    rss_after_100_kib: int = 0  # after 100 scrapes, the figure
+    rss_after_100_kib: int = 0  # after 100 scrapes or a few more, the figure
+    scrapes_at_rss_100: int = 0  # how many exactly (the median phase may pass 100)
     rss_after_kib: int = 0  # after every scrape of the run (scrapes_made)
     hwm_kib: int = 0
     scrapes_made: int = 0
@@ -490,6 +491,7 @@ async def measure(plan: Plan, tenants: int, workdir: Path, log: Any) -> SizeResu
                     await timed_get(session, metrics, headers)
                     result.scrapes_made += 1
                 result.rss_after_100_kib = proc_kib(process.pid, "VmRSS")
+                result.scrapes_at_rss_100 = result.scrapes_made
                 generate = Series("generate_latest, plain")
                 gen_url = f"http://127.0.0.1:{baseline_port}/generate_latest"
                 for _ in range(plan.generate_latest_scrapes[tenants]):
@@ -626,7 +628,8 @@ def render_tables(results: list[SizeResult], plan: Plan) -> str:
         "discovery, token) after that latency, as the real one does.",
         "",
         "| tenants | Entra ID | bound | first round | ratio | ready | ratio | CPU until ready | "
-        "RSS when ready | RSS after 100 scrapes | RSS after all scrapes | peak RSS |",
+        "RSS when ready | RSS after 100 scrapes (count) | RSS after all scrapes (count) | "
+        "peak RSS |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
@@ -635,7 +638,8 @@ def render_tables(results: list[SizeResult], plan: Plan) -> str:
             (
                 "at once",
                 r.cold,
-                f"{mib(r.rss_after_100_kib)} | {after_all} | {mib(r.hwm_kib)}",
+                f"{mib(r.rss_after_100_kib)} ({r.scrapes_at_rss_100}) | {after_all} | "
+                f"{mib(r.hwm_kib)}",
             ),
             (f"+{ENTRA_LATENCY * 1000:.0f} ms", r.cold_entra, "| | "),
         ):

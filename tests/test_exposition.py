@@ -175,8 +175,7 @@ def test_time_derived_values_move_between_scrapes_without_a_poll() -> None:
     assert (one(later, "d"), one(later, "s"), one(later, "v")) == (0.5, 43200.0, 7.0)
 
 
-def test_time_derived_values_are_written_as_python_writes_floats() -> None:
-    # Shortest round-trip text: what prometheus-client's floatToGoString writes for these.
+def test_time_derived_values_are_written_as_shortest_round_trip_text() -> None:
     values = [0.0, -0.0, 1.0, 0.1, 1 / 3, -20.000011574074074, 86399.99999, 1e-05, 2.5e16, 1e300]
     texts = exposition.value_texts(values)
     assert [float(text) for text in texts] == values
@@ -194,6 +193,24 @@ def test_a_non_finite_time_derived_value_is_written_as_prometheus_client_writes_
     text = render(layout, [part], 1000.0, openmetrics=False).decode()
     assert 'd{a="x"} +Inf\n' in text
     assert 'd{a="y"} 1.0\n' in text
+
+
+def test_a_credential_expiry_learnt_between_polls_shows_in_the_tenant_lines() -> None:
+    store = SnapshotStore()
+    lines = TenantLines(store)
+    store.add_tenant("contoso", str(uuid.uuid4()), "global", ["ade"])
+    changes: list[str] = []
+    store.subscribe(lambda name, _: changes.append(name))
+    changes.clear()  # subscribing shows the listener every tenant as it is
+    store.record_credential_expiry("contoso", 2e9)
+    store.record_credential_expiry("contoso", 2e9)  # unchanged: no re-render
+    store.record_credential_expiry("gone", 1.0)  # not a tenant: ignored
+    assert changes == ["contoso"]
+    text = render(lines.layout, lines.parts(), NOW, openmetrics=False).decode()
+    samples = samples_by_name(text)
+    assert samples["intune_exporter_credential_expiry_timestamp_seconds"] == [
+        ({"tenant": "contoso"}, 2e9)
+    ]
 
 
 def test_name_filter_keeps_only_the_named_families() -> None:

@@ -6,6 +6,7 @@ import hashlib
 import ssl
 from asyncio.sslproto import SSLProtocol
 from collections.abc import Iterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -30,7 +31,17 @@ def test_limit_lowers_the_buffer_and_never_raises_it(small_read_buffer: None) ->
     assert SSLProtocol.max_size == 4096
 
 
-async def test_an_answer_many_times_the_buffer_arrives_whole(small_read_buffer: None) -> None:
+async def test_an_answer_many_times_the_buffer_arrives_whole(
+    small_read_buffer: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    buffers: list[int] = []  # each TLS connection's read buffer, as asyncio allocated it
+    original = SSLProtocol.__init__
+
+    def recording(self: SSLProtocol, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        buffers.append(len(self._ssl_buffer))  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(SSLProtocol, "__init__", recording)
     body = b"".join(hashlib.sha256(str(i).encode()).digest() for i in range(64 * 1024))  # 2 MiB
     ca = trustme.CA()
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -56,3 +67,5 @@ async def test_an_answer_many_times_the_buffer_arrives_whole(small_read_buffer: 
                     assert await r.read() == body
     finally:
         await runner.cleanup()
+    # One connection each side (the second request rode the kept one), both with small buffers.
+    assert buffers == [tls_buffers.READ_BUFFER] * 2
