@@ -110,40 +110,27 @@ def stored_blocks(raw: bytes) -> list[bytes | memoryview]:
     return out
 
 
-def gzip_pieces(pieces: Iterable[bytes | Deflated], level: int) -> list[bytes | memoryview]:
+def gzip_pieces(pieces: Iterable[bytes | Deflated]) -> list[bytes | memoryview]:
     """One gzip member of the pieces, in order, as chunks of the body.
 
-    `bytes` pieces are compressed here, each run of them by one fresh compressor (a compressor
-    that had seen the bytes before a `Deflated` piece could refer back across it); at level 0
-    they are written as stored blocks.
+    `Deflated` pieces go in as they were compressed; `bytes` pieces (what changes per scrape:
+    the time-derived families, 15 % of the body) as stored blocks. Compressing them at 1,000
+    tenants took 10-15 ms, more than the rest of the scrape, for 1.1 MB less on the wire.
     """
     out: list[bytes | memoryview] = [_GZIP_HEADER]
     crc = 0
     length = 0
-    compressor = None
     for piece in pieces:
-        if not level and not isinstance(piece, Deflated):
-            # Byte-aligned already: every piece before ends on a sync flush or a stored block.
-            out.extend(stored_blocks(piece))
-            crc = zlib.crc32(piece, crc)
-            length += len(piece)
-            continue
+        # Byte-aligned throughout: each piece ends on a sync flush or a stored block.
         if isinstance(piece, Deflated):
-            if compressor is not None:
-                out.append(compressor.flush(zlib.Z_SYNC_FLUSH))
-                compressor = None
             if piece.length:
                 out.append(piece.data)
                 crc = crc32_combine(crc, piece.crc, piece.shift)
                 length += piece.length
-        elif piece:
-            if compressor is None:
-                compressor = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
-            out.append(compressor.compress(piece))
+        else:
+            out.extend(stored_blocks(piece))
             crc = zlib.crc32(piece, crc)
             length += len(piece)
-    if compressor is not None:
-        out.append(compressor.flush(zlib.Z_SYNC_FLUSH))
     out.append(_FINAL_BLOCK)
     out.append(struct.pack("<II", crc, length & 0xFFFFFFFF))
     return out

@@ -125,6 +125,8 @@ class TenantPoller:
             return self._store.tenant(self.name) if self._store.has(self.name) else None
         if not authenticated:
             auth = await self.authenticate()
+        # Read with the token, so known even when Entra ID then refused the credential.
+        self._store.record_credential_expiry(self.name, self.credential_expires_at)
         if auth is not None:
             # One token serves every collector: its failure is every collector's.
             results: dict[str, Fetched | PollError] = {c.name: auth for c in collectors}
@@ -133,9 +135,7 @@ class TenantPoller:
         for collector in collectors:
             self._last_run[collector.name] = self._clock()
         duration = time.monotonic() - started
-        state = self._store.record_poll(
-            self.name, results, started_at, duration, self.credential_expires_at
-        )
+        state = self._store.record_poll(self.name, results, started_at, duration)
         self._log(results, duration)
         return state
 

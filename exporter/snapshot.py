@@ -227,10 +227,8 @@ class SnapshotStore:
         results: Mapping[str, Fetched | Records | PollError],
         started_at: float,
         duration: float,
-        credential_expires_at: float | None = None,
     ) -> TenantState | None:
-        """Store the outcome of one poll of `tenant` (records or error per collector, and
-        when the credential it authenticated with expires, where that is known).
+        """Store the outcome of one poll of `tenant` (records or error per collector).
 
         Returns the new state, or None when the tenant was removed while it was polled.
         """
@@ -261,7 +259,6 @@ class SnapshotStore:
             polled=True,
             restored=False,
             last_poll_duration=duration,
-            credential_expires_at=credential_expires_at,
         )
         if state.up:
             state = replace(state, last_success_at=now)
@@ -273,8 +270,8 @@ class SnapshotStore:
         return state
 
     def record_credential_expiry(self, tenant: str, expires_at: float | None) -> None:
-        """When the credential of `tenant` expires, learnt outside a recorded poll (a token
-        fetched for a poll that found no collector due)."""
+        """When the credential `tenant` authenticates with expires (None: not known), as its
+        token provider last read it; re-rendered only when it changed."""
         state = self._tenants.get(tenant)
         if state is None or state.credential_expires_at == expires_at:
             return

@@ -50,7 +50,7 @@ def test_stitched_pieces_are_one_member_with_the_right_bytes() -> None:
         b"# EOF\n",
     ]
     expected = b"".join(p if isinstance(p, bytes) else _decode_raw(p.data) for p in pieces)
-    body = b"".join(gzip_pieces(pieces, 1))
+    body = b"".join(gzip_pieces(pieces))
     assert _decode_one_member(body) == expected
     assert gzip.decompress(body) == expected
     # The trailer carries the CRC and length that gzip readers check.
@@ -58,7 +58,7 @@ def test_stitched_pieces_are_one_member_with_the_right_bytes() -> None:
     assert int.from_bytes(body[-4:], "little") == len(expected)
 
 
-def test_at_level_zero_pieces_are_written_as_stored_blocks() -> None:
+def test_bytes_pieces_are_written_as_stored_blocks() -> None:
     rng = random.Random(11)
     large = rng.randbytes(3 * 0xFFFF + 17)  # four stored blocks, the last one partial
     pieces: list[bytes | Deflated] = [
@@ -71,7 +71,7 @@ def test_at_level_zero_pieces_are_written_as_stored_blocks() -> None:
         b"# EOF\n",
     ]
     expected = b"".join(p if isinstance(p, bytes) else _decode_raw(p.data) for p in pieces)
-    chunks = gzip_pieces(pieces, 0)
+    chunks = gzip_pieces(pieces)
     body = b"".join(chunks)
     assert _decode_one_member(body) == expected
     assert gzip.decompress(body) == expected
@@ -87,8 +87,8 @@ def test_a_corrupted_piece_is_caught_by_the_crc() -> None:
     good = deflate(b"abc" * 100, 1)
     wrong = Deflated(good.data, good.crc ^ 1, good.length, good.shift)
     with pytest.raises(gzip.BadGzipFile):
-        gzip.decompress(b"".join(gzip_pieces([b"x", wrong], 1)))
+        gzip.decompress(b"".join(gzip_pieces([b"x", wrong])))
 
 
 def test_no_pieces_is_an_empty_body() -> None:
-    assert gzip.decompress(b"".join(gzip_pieces([], 1))) == b""
+    assert gzip.decompress(b"".join(gzip_pieces([]))) == b""
