@@ -8,7 +8,7 @@ import zlib
 
 import pytest
 
-from exporter.deflate import Deflated, crc32_combine, deflate, gzip_pieces
+from exporter.deflate import CRC_DIRECT, Deflated, crc32_combine, deflate, gzip_pieces
 from exporter.deflate import _shift_for as shift_for
 
 
@@ -83,11 +83,23 @@ def test_bytes_pieces_are_written_as_stored_blocks() -> None:
 
 
 def test_a_corrupted_piece_is_caught_by_the_crc() -> None:
-    # A piece whose CRC does not match its bytes (as a stale cache would give) fails to decode.
-    good = deflate(b"abc" * 100, 1)
-    wrong = Deflated(good.data, good.crc ^ 1, good.length, good.shift)
+    # A piece whose CRC does not match its bytes (as a stale cache would give) fails to decode,
+    # whether its CRC is combined (a large piece) or read from the bytes it keeps (a small one).
+    large = deflate(b"abc" * CRC_DIRECT, 1)
+    assert large.raw is None
+    wrong = Deflated(large.data, large.crc ^ 1, large.length, large.shift)
     with pytest.raises(gzip.BadGzipFile):
         gzip.decompress(b"".join(gzip_pieces([b"x", wrong])))
+    small = deflate(b"abc" * 100, 1)
+    assert small.raw == b"abc" * 100
+    wrong = Deflated(small.data, small.crc, small.length, small.shift, b"abd" * 100)
+    with pytest.raises(gzip.BadGzipFile):
+        gzip.decompress(b"".join(gzip_pieces([b"x", wrong])))
+
+
+def test_only_small_pieces_keep_their_bytes() -> None:
+    assert deflate(b"a" * CRC_DIRECT, 1).raw == b"a" * CRC_DIRECT
+    assert deflate(b"a" * (CRC_DIRECT + 1), 1).raw is None
 
 
 def test_no_pieces_is_an_empty_body() -> None:
