@@ -411,7 +411,7 @@ def render_snapshot(
     names: frozenset[str] | None = None,
     extra: Lines | None = None,
     compress: bool = False,
-) -> tuple[list[bytes], list[Joined | None]]:
+) -> tuple[list[bytes | memoryview], list[Joined | None]]:
     """A scrape, in a thread: (the body's chunks, gzipped with `compress`; the families' joins)."""
     specs = snapshot.layout.specs
     families: list[Joined | None] = [
@@ -432,23 +432,30 @@ def render_snapshot(
     return coalesce(chunks), used
 
 
-# Chunks the HTTP handler writes: each write is a syscall and a turn of the event loop, and a
-# gzip body is ~150 pieces, most of them a few hundred bytes (headers, small families).
+# The HTTP handler writes pieces of at least this size as they are: copying them into larger
+# chunks cost more than the writes it saved (1,000 tenants, side by side in one process:
+# copying everything into 256 KiB chunks 8.5 ms plain and 5.6 ms gzip per scrape, passing on
+# pieces of 16 KiB and more 5.9 and 4.8 ms).
+PASS_SIZE: Final = 16 * 1024
+# Runs of smaller pieces (HELP and TYPE lines, small families, stored-block headers) are
+# joined into chunks of up to this size: each write is a syscall.
 WRITE_SIZE: Final = 256 * 1024
 
 
-def coalesce(chunks: Iterable[bytes | memoryview]) -> list[bytes]:
-    """The same bytes in chunks of at least `WRITE_SIZE` (but the last); large chunks are
-    passed on as they are, only runs of small ones are copied."""
-    out: list[bytes] = []
+def coalesce(chunks: Iterable[bytes | memoryview]) -> list[bytes | memoryview]:
+    """The same bytes, with runs of small chunks joined (up to `WRITE_SIZE`) and chunks of
+    `PASS_SIZE` or more passed on as they are, not copied."""
+    out: list[bytes | memoryview] = []
     pending: list[bytes | memoryview] = []
     size = 0
     for chunk in chunks:
-        if len(chunk) >= WRITE_SIZE:
+        if len(chunk) >= PASS_SIZE:
             if pending:
                 out.append(b"".join(pending))
                 pending, size = [], 0
-            out.append(chunk if isinstance(chunk, bytes) else bytes(chunk))
+            out.append(chunk)
+            continue
+        if not chunk:
             continue
         pending.append(chunk)
         size += len(chunk)

@@ -23,6 +23,9 @@ from .snapshot import SnapshotStore
 from .status_page import render_status_page
 
 DEFAULT_PORT: Final = 9893
+# Bytes of /metrics written between two turns of the event loop: a turn per chunk cost
+# 0.2-0.3 ms more per scrape at 1,000 tenants (side by side), where most chunks are tens of KB.
+YIELD_EVERY: Final = 256 * 1024
 _T = TypeVar("_T")
 
 
@@ -94,15 +97,19 @@ def build_app(
         # Written chunk by chunk: a 80 MB body is not copied into one more buffer first.
         response.content_length = sum(map(len, chunks))
         await response.prepare(request)
+        since_yield = 0
         for chunk in chunks:
-            if chunk:
-                await response.write(chunk)
-            # A write that does not fill the buffer does not yield, so a scraper that hung up
-            # (scrape timeout) is only seen once the loop runs: yield, and stop writing then,
-            # instead of one asyncio "socket.send() raised exception" warning per chunk.
-            await asyncio.sleep(0)
+            # A scraper that hung up (scrape timeout): a failed send closes the transport at
+            # once, and the loop sees a hang-up at the next yield. Stop writing then, instead
+            # of one asyncio "socket.send() raised exception" warning per chunk.
             if request.transport is None or request.transport.is_closing():
                 break
+            await response.write(chunk)
+            since_yield += len(chunk)
+            # A write that does not fill the buffer does not yield: let probes in between.
+            if since_yield >= YIELD_EVERY:
+                since_yield = 0
+                await asyncio.sleep(0)
         else:
             await response.write_eof()
         size = response.content_length or 0

@@ -440,3 +440,50 @@ def test_gzip_scrapes_reuse_compressed_families_until_they_change() -> None:
     assert one(samples, "intune_tenant_polls_total", tenant=name) == 2.0
     cache.keep(second, joined)
     assert cache.snapshot().families[polls] is joined[polls]
+
+
+def test_coalesce_passes_large_pieces_on_and_joins_runs_of_small_ones() -> None:
+    large = b"L" * exposition.PASS_SIZE
+    view = memoryview(b"V" * (exposition.PASS_SIZE + 5))[5:]
+    small = [b"a" * 100, b"", memoryview(b"bcd"), b"e" * 200]
+    many = [b"s" * 1000] * (exposition.WRITE_SIZE // 1000 + 10)
+    chunks = exposition.coalesce([*small, large, view, *small, *many])
+    assert b"".join(chunks) == b"".join([*small, large, view, *small, *many])
+    # The large pieces are the very objects given (no copy); small runs become single chunks,
+    # none over WRITE_SIZE but the last.
+    assert chunks[1] is large and chunks[2] is view
+    assert chunks[0] == b"a" * 100 + b"bcd" + b"e" * 200
+    assert all(len(c) < exposition.WRITE_SIZE + 1000 for c in chunks[3:])
+    assert len(chunks) == 5
+    assert exposition.coalesce([b"", b""]) == []
+
+
+async def test_a_large_scrape_is_whole_in_both_encodings_and_a_hang_up_stops_the_writes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store, lines = generated_store(1000)
+    app = build_app(store, lines, clock=lambda: NOW)
+    runner, port = await start_site(app, "127.0.0.1", 0)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession(auto_decompress=False) as http:
+            headers = {"Accept-Encoding": "identity"}
+            async with http.get(f"{base}/metrics", headers=headers) as r:
+                plain = await r.read()
+            headers = {"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": "gzip"}
+            async with http.get(f"{base}/metrics", headers=headers) as r:
+                om = gzip.decompress(await r.read())
+            assert plain == render(lines.layout, lines.parts(), NOW, openmetrics=False)
+            assert om == render(lines.layout, lines.parts(), NOW, openmetrics=True)
+            assert len(plain) > 5_000_000  # hundreds of chunks, most of them passed on whole
+
+            # A scraper that times out hangs up after the headers, mid-body.
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept-Encoding: identity\r\n\r\n")
+            assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+            writer.transport.abort()  # a reset, not an orderly close
+            async with http.get(f"{base}/metrics", headers={"Accept-Encoding": "identity"}) as r:
+                assert await r.read() == plain
+    finally:
+        await runner.cleanup()
+    assert "socket.send() raised exception" not in caplog.text
