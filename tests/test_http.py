@@ -258,6 +258,14 @@ async def test_each_scrape_gives_its_memory_back_afterwards(
                 await response.read()
         # The render thread runs in order: the second render came after the first trim.
         assert calls[:1] == ["render_0"]
+        # The status page is built in the same thread, and gives its memory back too.
+        calls.clear()
+        for _ in range(2):
+            async with http.get(f"{base}/") as response:
+                assert response.status == 200
+                assert response.headers["Content-Type"] == "text/html; charset=utf-8"
+                assert "contoso" in await response.text()
+        assert calls[:1] == ["render_0"]
     finally:
         await runner.cleanup()
     memory.trim()  # the real one, on this glibc: callable and harmless
