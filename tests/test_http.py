@@ -269,3 +269,30 @@ async def test_each_scrape_gives_its_memory_back_afterwards(
     finally:
         await runner.cleanup()
     memory.trim()  # the real one, on this glibc: callable and harmless
+
+
+async def test_a_large_status_page_is_built_and_served_in_chunks(
+    http: aiohttp.ClientSession,
+) -> None:
+    from exporter.kinds import KINDS
+    from exporter.status_page import CHUNK_SIZE, encoded_page, render_status_page
+
+    from .graph_data import NOW
+    from .test_exposition import generated_store
+
+    store, lines = generated_store(1000)
+    whole = render_status_page(store.view(), KINDS, NOW)
+    chunks = encoded_page(store.view(), KINDS, NOW)
+    assert b"".join(chunks).decode() == whole
+    # Encoded as the rows are made, never as one page-sized string: chunks of about
+    # CHUNK_SIZE characters (a few bytes more for the non-ASCII ones), the last one smaller.
+    assert len(whole) > 2_000_000 and len(chunks) > 2_000_000 // (CHUNK_SIZE * 11 // 10)
+    assert all(CHUNK_SIZE <= len(chunk) < CHUNK_SIZE * 11 // 10 for chunk in chunks[:-1])
+    app = build_app(store, lines, clock=lambda: NOW)
+    runner, port = await start_site(app, "127.0.0.1", 0)
+    try:
+        async with http.get(f"http://127.0.0.1:{port}/") as response:
+            assert response.headers["Content-Type"] == "text/html; charset=utf-8"
+            assert await response.text() == whole
+    finally:
+        await runner.cleanup()
