@@ -437,8 +437,9 @@ def render_snapshot(
 # copying everything into 256 KiB chunks 8.5 ms plain and 5.6 ms gzip per scrape, passing on
 # pieces of 16 KiB and more 5.9 and 4.8 ms).
 PASS_SIZE: Final = 16 * 1024
-# Runs of smaller pieces (HELP and TYPE lines, small families, stored-block headers) are
-# joined into chunks of up to this size: each write is a syscall.
+# Runs of smaller pieces (HELP and TYPE lines, small families) are joined into chunks of up to
+# this size: each write is a syscall. (A stored block's 5-byte header mostly sits alone between
+# two large views and goes out as a write of its own: ~22 per gzip scrape at 1,000 tenants.)
 WRITE_SIZE: Final = 256 * 1024
 
 

@@ -296,3 +296,35 @@ async def test_a_large_status_page_is_built_and_served_in_chunks(
             assert await response.text() == whole
     finally:
         await runner.cleanup()
+
+
+async def test_head_answers_with_headers_only_and_the_connection_stays_usable(
+    world: World,
+) -> None:
+    world.add("contoso", ade_tokens=[ade_item("Contoso iOS")])
+    exporter = await world.exporter(collect=["ade"])
+    await exporter.poll_all_once()
+    runner, base = await serve(exporter)
+    reader, writer = await asyncio.open_connection(*base.removeprefix("http://").split(":"))
+    try:
+        for path in ("/metrics", "/"):
+            # HEAD, then GET on the same keep-alive connection: a body sent after HEAD's
+            # headers would be read as the start of the next answer.
+            writer.write(f"HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            length = int(
+                next(
+                    line
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                ).split(b":")[1]
+            )
+            assert length > 1000  # what GET would send
+            writer.write(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
+            after = await reader.readuntil(b"\r\n\r\n")
+            assert after.startswith(b"HTTP/1.1 200"), after[:80]
+            assert await reader.readexactly(len(b"Healthy\n")) == b"Healthy\n"
+    finally:
+        writer.close()
+        await runner.cleanup()
