@@ -118,15 +118,14 @@ class TenantPoller:
         started_at = time.time()
         started = time.monotonic()
         collectors = self.due()
-        if not collectors:
-            # The scheduler fetched a token anyway: a rotated certificate shows now, not at
-            # the next poll with a collector due.
-            self._store.record_credential_expiry(self.name, self.credential_expires_at)
-            return self._store.tenant(self.name) if self._store.has(self.name) else None
-        if not authenticated:
+        if collectors and not authenticated:
             auth = await self.authenticate()
-        # Read with the token, so known even when Entra ID then refused the credential.
+        # Read with the token, so known even when Entra ID then refused the credential, and
+        # even with no collector due (the scheduler fetched a token anyway): a rotated
+        # certificate shows now, not at the next poll with a collector due.
         self._store.record_credential_expiry(self.name, self.credential_expires_at)
+        if not collectors:
+            return self._store.tenant(self.name) if self._store.has(self.name) else None
         if auth is not None:
             # One token serves every collector: its failure is every collector's.
             results: dict[str, Fetched | PollError] = {c.name: auth for c in collectors}

@@ -196,57 +196,6 @@ def _filter_form(query: str, problems_only: bool) -> str:
     )
 
 
-def render_status_page(
-    view: StoreView,
-    collectors: Mapping[str, CredentialKind],
-    now: float,
-    discovery: str | None = None,
-    *,
-    query: str = "",
-    problems_only: bool = False,
-) -> str:
-    """The whole page as one string (see `page_pieces`)."""
-    return "".join(
-        page_pieces(view, collectors, now, discovery, query=query, problems_only=problems_only)
-    )
-
-
-# Characters per chunk of `encoded_page` (a few per cent more bytes: `·` and `—` are two and
-# three bytes in UTF-8).
-CHUNK_SIZE: Final = 256 * 1024
-
-
-def encoded_page(
-    view: StoreView,
-    collectors: Mapping[str, CredentialKind],
-    now: float,
-    discovery: str | None = None,
-    *,
-    query: str = "",
-    problems_only: bool = False,
-) -> list[bytes]:
-    """The page in UTF-8, in chunks of about `CHUNK_SIZE`, each encoded as its rows are made.
-
-    No whole-page string is ever held: at 10,000 tenants the page is 22 MB, and building it
-    as one string (the rows, their join, the page around them, its encoding) took 115 MiB
-    more resident memory than the process otherwise needs, most of its peak.
-    """
-    out: list[bytes] = []
-    batch: list[str] = []
-    size = 0
-    for piece in page_pieces(
-        view, collectors, now, discovery, query=query, problems_only=problems_only
-    ):
-        batch.append(piece)
-        size += len(piece)
-        if size >= CHUNK_SIZE:
-            out.append("".join(batch).encode())
-            batch, size = [], 0
-    if batch:
-        out.append("".join(batch).encode())
-    return out
-
-
 def page_pieces(
     view: StoreView,
     collectors: Mapping[str, CredentialKind],

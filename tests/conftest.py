@@ -16,6 +16,7 @@ from exporter.demo.simulator import SimApp, SimTenant, SimulatedCloud
 from exporter.graph import RetryPolicy
 from exporter.msal_http import MsalHttpClient
 from exporter.service import Exporter
+from exporter.status_page import page_pieces
 from exporter.tls import client_ssl_context
 
 CLIENT_ID = "11111111-2222-3333-4444-555555555555"
@@ -144,3 +145,8 @@ def one(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **lab
 
 
 Factory = Callable[..., Any]
+
+
+def status_page(*args: Any, **kwargs: Any) -> str:
+    """The whole status page as one string (the exporter writes it piece by piece)."""
+    return "".join(page_pieces(*args, **kwargs))

@@ -22,10 +22,9 @@ from exporter.demo.simulator import (
 from exporter.kinds import KINDS
 from exporter.kinds.ade_devices import KNOWN_STATES, AdeTokenDevices, count_devices, wait_text
 from exporter.service import Exporter
-from exporter.status_page import render_status_page
 from exporter.storage import StateFile
 
-from .conftest import World, exposition, one, samples_by_name
+from .conftest import World, exposition, one, samples_by_name, status_page
 from .graph_data import DAY, NOW, SERIAL_PREFIX, ade_item, device_item, profile
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
@@ -435,7 +434,7 @@ async def test_serial_numbers_are_never_exported_logged_kept_or_shown(
     assert state.collectors["ade_devices"].notes  # the withdrawn property is noted
     text = exposition(exporter) + exposition(exporter, openmetrics=True)
     assert "intune_ade_devices_without_profile" in text
-    page = render_status_page(exporter.store.view(), KINDS, time.time())
+    page = status_page(exporter.store.view(), KINDS, time.time())
     assert "1 device without an enrollment profile" in page
     document = json.dumps(StateFile(tmp_path, KINDS).document(exporter.store.view()))
     assert "without_profile" in document

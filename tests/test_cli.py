@@ -342,10 +342,11 @@ def restore_gc() -> Iterator[None]:
     SSLProtocol.max_size = read_buffer
 
 
-def test_the_exporter_runs_with_the_collector_tuned(
+def test_the_exporter_runs_with_the_collector_and_tls_buffers_tuned(
     monkeypatch: pytest.MonkeyPatch, restore_gc: None
 ) -> None:
-    """Rarer young collections and a frozen start-up heap (gc_tuning), only when serving."""
+    """Rarer young collections and a frozen start-up heap (gc_tuning) and smaller TLS read
+    buffers (tls_buffers), only when serving."""
     seen: list[tuple[tuple[int, int, int], int, int]] = []
 
     def fake_run(coroutine: Coroutine[object, object, object]) -> None:

@@ -13,9 +13,17 @@ from exporter.demo.simulator import GDAP_PATH, SimApp, SimTenant
 from exporter.discovery import Customer, discovered_tenants
 from exporter.kinds import KINDS
 from exporter.service import Exporter
-from exporter.status_page import render_status_page
 
-from .conftest import CLIENT_ID, FAST_RETRY, SECRET, World, exposition, samples_by_name, tenant_guid
+from .conftest import (
+    CLIENT_ID,
+    FAST_RETRY,
+    SECRET,
+    World,
+    exposition,
+    samples_by_name,
+    status_page,
+    tenant_guid,
+)
 from .graph_data import ade_item
 
 PARTNER = tenant_guid("partner-msp")
@@ -199,9 +207,7 @@ async def test_a_customer_without_consent_is_down_with_the_reason_in_words(
     error = refused.collectors["ade"].last_error
     assert error is not None and error.reason == "auth"
     assert "admin consent is missing" in str(error)
-    page = render_status_page(
-        exporter.store.view(), KINDS, time.time(), exporter.discovery_summary()
-    )
+    page = status_page(exporter.store.view(), KINDS, time.time(), exporter.discovery_summary())
     assert "admin consent is missing" in page
     assert "<td>GDAP discovery</td>" in page  # where the tenant came from
     assert f"GDAP discovery (partner {PARTNER}): up, 2 customers" in page

@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -272,22 +273,27 @@ async def test_each_scrape_gives_its_memory_back_afterwards(
 
 
 async def test_a_large_status_page_is_built_and_served_in_chunks(
-    http: aiohttp.ClientSession,
+    http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from exporter import server
+    from exporter.exposition import WRITE_SIZE
     from exporter.kinds import KINDS
-    from exporter.status_page import CHUNK_SIZE, encoded_page, render_status_page
 
+    from .conftest import status_page
     from .graph_data import NOW
     from .test_exposition import generated_store
 
+    made: list[list[bytes | memoryview]] = []
+    real_coalesce = server.coalesce
+
+    def spy(chunks: Any) -> list[bytes | memoryview]:
+        out = real_coalesce(chunks)
+        made.append(list(out))
+        return out
+
+    monkeypatch.setattr(server, "coalesce", spy)
     store, lines = generated_store(1000)
-    whole = render_status_page(store.view(), KINDS, NOW)
-    chunks = encoded_page(store.view(), KINDS, NOW)
-    assert b"".join(chunks).decode() == whole
-    # Encoded as the rows are made, never as one page-sized string: chunks of about
-    # CHUNK_SIZE characters (a few bytes more for the non-ASCII ones), the last one smaller.
-    assert len(whole) > 2_000_000 and len(chunks) > 2_000_000 // (CHUNK_SIZE * 11 // 10)
-    assert all(CHUNK_SIZE <= len(chunk) < CHUNK_SIZE * 11 // 10 for chunk in chunks[:-1])
+    whole = status_page(store.view(), KINDS, NOW)
     app = build_app(store, lines, clock=lambda: NOW)
     runner, port = await start_site(app, "127.0.0.1", 0)
     try:
@@ -296,6 +302,12 @@ async def test_a_large_status_page_is_built_and_served_in_chunks(
             assert await response.text() == whole
     finally:
         await runner.cleanup()
+    # Encoded as the rows are made, never as one page-sized string: chunks of about
+    # WRITE_SIZE (a row more at most), the last one smaller.
+    [chunks] = made
+    assert b"".join(chunks).decode() == whole
+    assert len(whole) > 2_000_000 and len(chunks) > 2_000_000 // (WRITE_SIZE * 11 // 10)
+    assert all(WRITE_SIZE <= len(chunk) < WRITE_SIZE * 11 // 10 for chunk in chunks[:-1])
 
 
 async def test_head_answers_with_headers_only_and_the_connection_stays_usable(

@@ -220,9 +220,10 @@ async def test_a_withdrawn_property_degrades_ade_visibly(
     assert one(samples, "intune_ade_token_days_to_expiry", token_name="A") > 0
     assert "intune_ade_token_synced_devices" not in samples
     from exporter.kinds import KINDS
-    from exporter.status_page import render_status_page
 
-    page = render_status_page(exporter.store.view(), KINDS, 0)
+    from .conftest import status_page
+
+    page = status_page(exporter.store.view(), KINDS, 0)
     assert "no longer accepts the property &#x27;syncedDeviceCount&#x27;" in page
 
 
@@ -482,8 +483,9 @@ async def test_a_token_without_an_expiry_is_counted_and_shown(world: World) -> N
     names = {labels["token_name"] for labels, _ in samples["intune_ade_token_info"]}
     assert names == {"Fine", "No Expiry"}
     from exporter.kinds import KINDS
-    from exporter.status_page import render_status_page
 
-    page = render_status_page(exporter.store.view(), KINDS, 0)
+    from .conftest import status_page
+
+    page = status_page(exporter.store.view(), KINDS, 0)
     row = page[page.index("No Expiry") :].split("</tr>")[0]
     assert "expiry unknown: Graph sent no expiry date" in row
